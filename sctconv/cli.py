@@ -1,0 +1,208 @@
+"""The `sctconv` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sctconv import __version__
+from sctconv.errors import SctconvError
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Synthetic CT from MRI or CBCT for radiotherapy planning. "
+                       "Research tool, not a medical device.")
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sctconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Synthetic CT from MRI or CBCT for radiotherapy planning (research tool, not a medical device)."""
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    for noisy in ("torch.onnx", "torch._export", "onnxscript", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn every failure into one line on stderr and a non-zero exit (full traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SctconvError as exc:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            sys.exit(130)
+        except Exception as exc:  # a bug or an environment problem: still one line
+            if _state["debug"]:
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {message} "
+                          "(run with --debug for the traceback)", highlight=False)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@app.command()
+@user_errors
+def convert(
+    input: Annotated[Path, typer.Argument(help="MRI or CBCT: NIfTI, MHA/MHD, NRRD, or a DICOM folder/file/zip.")],
+    output: Annotated[Path, typer.Argument(help="Output folder (created; must not exist unless --overwrite).")],
+    modality: Annotated[Optional[str], typer.Option(help="mr or cbct (default: DICOM Modality, else the model, "
+                                                         "else guessed).")] = None,
+    region: Annotated[Optional[str], typer.Option(help="head-neck, thorax, abdomen (or HN, TH, AB).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Shipped model name or model folder.")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Body mask (default: computed).")] = None,
+    series: Annotated[Optional[str], typer.Option(help="DICOM series UID or number when a folder holds several.")] = None,
+    step: Annotated[float, typer.Option(help="Window step as a fraction of the patch size.")] = 0.3,
+    blend: Annotated[str, typer.Option(help="mean (the paper's) or gaussian.")] = "mean",
+    batch_size: Annotated[int, typer.Option(help="Windows per network call.")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    image_format: Annotated[str, typer.Option("--format", help="sct image format: nii.gz or mha.")] = "nii.gz",
+    dicom: Annotated[bool, typer.Option("--dicom/--no-dicom", help="Write the sCT DICOM series.")] = True,
+    series_description: Annotated[Optional[str], typer.Option(help="DICOM SeriesDescription (default 'sCT <model>').")] = None,
+    patient_id: Annotated[Optional[str], typer.Option(help="PatientID for a non-DICOM input.")] = None,
+    patient_name: Annotated[Optional[str], typer.Option(help="PatientName for a non-DICOM input.")] = None,
+    synthetic_data_tag: Annotated[bool, typer.Option(help="Write SyntheticData (0008,001C) = YES.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
+    from sctconv.dicom_write import SeriesOptions
+    from sctconv.pipeline import ConvertOptions, convert as run_convert
+
+    if image_format not in ("nii.gz", "mha"):
+        raise SctconvError(f"--format must be nii.gz or mha, not {image_format!r}")
+    options = ConvertOptions(
+        modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
+        batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
+        overwrite=overwrite,
+        series_options=SeriesOptions(series_description=series_description or "", patient_id=patient_id,
+                                     patient_name=patient_name, synthetic_data=synthetic_data_tag))
+    with _progress() as progress:
+        report = run_convert(input, output, options, None if quiet else progress)
+    hu = report["hu_in_body"]
+    console.print(f"[green]sCT written to {output}[/] ({report['model']['name']}, {report['inference']['backend']} on "
+                  f"{report['inference']['device']}, {report['timings_s']['total']:.1f} s; body HU median "
+                  f"{hu['median']:.0f}, {100 * hu['fraction_above_300_hu']:.1f}% above 300 HU)")
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+
+
+@app.command()
+@user_errors
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the model cards as JSON.")] = False,
+) -> None:
+    """List the shipped models."""
+    from sctconv.model import available_models
+
+    found = available_models()
+    if as_json:
+        print(json.dumps([card.to_dict() for _, card in found], indent=2))
+        return
+    table = Table("name", "input", "regions", "spacing (z,y,x) mm", "patch", "parameters", "held-out MAE (HU)")
+    for _, card in found:
+        mae = card.metrics.get("heldout_mae_hu")
+        table.add_row(card.name, card.modality, ", ".join(card.regions), str(card.spacing), str(card.patch_size),
+                      f"{card.training.get('parameters', 0) / 1e6:.2f} M", f"{mae:.1f}" if mae else "-")
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    model: Annotated[str, typer.Argument(help="Shipped model name or model folder.")],
+    output: Annotated[Optional[Path], typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
+) -> None:
+    """Export a model to ONNX (for `convert --backend onnx`)."""
+    from sctconv.model import load_model, resolve_model
+    from sctconv.pipeline import ONNX_NAME
+    from sctconv.predict import export_onnx
+
+    loaded = load_model(resolve_model(model, "", None))
+    path = output or loaded.folder / ONNX_NAME
+    export_onnx(loaded.network, loaded.card.patch_size, path)
+    console.print(f"[green]exported[/] {loaded.card.name} to {path}")
+
+
+@app.command()
+@user_errors
+def simulate(
+    ct: Annotated[Path, typer.Argument(help="A real CT in HU (NIfTI, MHA, NRRD or DICOM).")],
+    output: Annotated[Path, typer.Argument(help="Output case folder: <modality>.mha, ct.mha, mask.mha.")],
+    modality: Annotated[str, typer.Option(help="mr or cbct.")] = "mr",
+    labels: Annotated[Optional[Path], typer.Option(help="Label map on the CT's grid (MR simulation).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Make a paired training case from a real CT: a simulated MRI or CBCT on the CT's grid."""
+    from sctconv.simulate import write_simulated_case
+
+    write_simulated_case(ct, output, modality, labels, seed, overwrite)
+    console.print(f"[green]simulated {modality} case written to {output}[/]")
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.* (SynthRAD2025 layout too).")],
+    output: Annotated[Path, typer.Option(help="Model folder to write (checkpoints, curves, weights, card).")],
+    modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
+    region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several.")] = ["thorax"],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
+    preset: Annotated[str, typer.Option(help="small (CPU) or paper (~122 M parameters).")] = "small",
+    val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 1000,
+    iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
+    batch_size: Annotated[Optional[int], typer.Option(help="Patches per step (default: the preset's).")] = None,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (poly decay).")] = 1e-2,
+    val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache (default: <output>/cache).")] = None,
+) -> None:
+    """Train a synthesis model (stage 1 of the paper: L1 loss, SGD, poly learning rate)."""
+    from sctconv.model import MODALITIES, canonical_region
+    from sctconv.train import TrainConfig, train
+
+    if modality not in MODALITIES:
+        raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
+    config = TrainConfig(data=data, out=output, modality=modality, name=name or output.name,
+                         regions=[canonical_region(r) for r in region], preset=preset, val_data=val_data,
+                         epochs=epochs, iterations=iterations, batch_size=batch_size, initial_lr=lr,
+                         val_every=val_every, seed=seed, device=device, cache=cache)
+    folder = train(config, console)
+    console.print(f"[green]model written to {folder}[/]")

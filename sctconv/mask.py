@@ -1,0 +1,71 @@
+"""Body masks: the region where the synthetic CT carries tissue; outside it is air (-1024 HU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from sctconv.errors import SctconvError
+
+
+def body_mask_from_array(array: np.ndarray, threshold: float) -> np.ndarray:
+    """Body mask of a (z, y, x) array: voxels above ``threshold``, largest component, holes filled.
+
+    Holes are filled in 3D and then slice by slice (axis 0), so that lungs, bowel gas and
+    airways that touch the outside in 3D but are enclosed in each slice still count as body.
+    """
+    foreground = array > threshold
+    foreground = ndimage.binary_opening(foreground, iterations=1)
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    mask = labels == int(np.argmax(sizes))
+    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    for k in range(mask.shape[0]):
+        mask[k] = ndimage.binary_fill_holes(mask[k])
+    return mask.astype(np.uint8)
+
+
+def mr_threshold(array: np.ndarray) -> float:
+    """Intensity threshold between background and body for an MR (or any non-HU) volume.
+
+    Otsu on the intensities below the 99.5th percentile, capped at 20% of that percentile so that
+    dark tissue inside a bright image is not cut away.
+    """
+    values = array[np.isfinite(array)].astype(np.float32)
+    high = float(np.percentile(values, 99.5))
+    low = float(values.min())
+    if high <= low:
+        raise SctconvError("the input volume is constant; it holds no anatomy")
+    clipped = np.clip(values, low, high)
+    otsu = _otsu(clipped)
+    return min(otsu, low + 0.2 * (high - low))
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centers) / np.maximum(weight0, 1)
+    total = (hist * centers).sum()
+    mean1 = (total - np.cumsum(hist * centers)) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+CT_BODY_THRESHOLD_HU = -500.0
+"""Voxels above this value in a CT or CBCT (in HU) are body candidates."""
+
+
+def body_mask(image: sitk.Image, modality: str) -> sitk.Image:
+    """Body mask (uint8, same grid as ``image``) of an MR (``"mr"``) or CBCT/CT (``"cbct"``/``"ct"``)."""
+    array = sitk.GetArrayViewFromImage(image)
+    threshold = mr_threshold(array) if modality == "mr" else CT_BODY_THRESHOLD_HU
+    mask = sitk.GetImageFromArray(body_mask_from_array(array, threshold))
+    mask.CopyInformation(image)
+    return mask

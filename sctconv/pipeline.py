@@ -1,0 +1,237 @@
+"""The conversion pipeline: read -> mask -> normalize -> predict -> back to HU -> write.
+
+:func:`synthesize` is the pure core (an image in, an sCT on the same grid out) that training's
+validation reuses; :func:`convert` wraps it with reading, writing, the report and atomic output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from rich.progress import Progress
+
+from sctconv import __version__
+from sctconv.dicom_write import SeriesOptions, write_sct_series
+from sctconv.errors import SctconvError
+from sctconv.io import InputVolume, read_mask, read_volume, write_image
+from sctconv.mask import body_mask
+from sctconv.output import atomic_output_dir, check_output_dir
+from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
+from sctconv.predict import Backend, OnnxBackend, TorchBackend, export_onnx, resolve_device, sliding_window
+from sctconv.preprocess import HU_MIN, check_finite, denormalize_ct, normalize, to_input_grid, to_model_grid
+from sctconv.preview import save_preview
+
+ONNX_NAME = "model.onnx"
+
+
+@dataclass
+class ConvertOptions:
+    """What `sctconv convert` was asked to do."""
+
+    modality: str | None = None  # "mr" or "cbct"; None = from DICOM, the model, or the intensities
+    region: str | None = None
+    model: str | None = None  # shipped model name or model folder
+    mask: Path | None = None
+    series: str | None = None  # DICOM series UID or number
+    step: float = 0.3
+    blend: str = "mean"
+    batch_size: int = 2
+    device: str = "auto"
+    backend: str = "torch"
+    image_format: str = "nii.gz"  # or "mha"
+    dicom: bool = True
+    preview: bool = True
+    overwrite: bool = False
+    series_options: SeriesOptions = field(default_factory=SeriesOptions)
+
+
+def guess_modality(image: sitk.Image) -> str:
+    """'cbct' when the volume looks like it is in HU (much air near -1000), else 'mr'."""
+    array = sitk.GetArrayViewFromImage(image)
+    air_fraction = float(np.mean(array < -500))
+    return "cbct" if array.min() < -900 and air_fraction > 0.05 else "mr"
+
+
+def choose_modality(volume: InputVolume, asked: str | None, model_card: ModelCard | None) -> tuple[str, str]:
+    """The input modality and where it came from; a contradiction is an error."""
+    dicom = volume.dicom_modality
+    from_dicom = {"MR": "mr", "CT": "cbct"}.get(dicom) if dicom else None
+    if dicom and from_dicom is None:
+        raise SctconvError(f"the DICOM series has modality {dicom}; sctconv converts MR or CBCT/CT series")
+    if asked is not None and asked not in MODALITIES:
+        raise SctconvError(f"unknown modality {asked!r}; use mr or cbct")
+    if asked and from_dicom and asked != from_dicom:
+        raise SctconvError(f"--modality {asked} contradicts the DICOM series, whose Modality is {dicom}")
+    if asked:
+        return asked, "option"
+    if from_dicom:
+        return from_dicom, f"DICOM Modality {dicom}"
+    if model_card:
+        return model_card.modality, f"model {model_card.name}"
+    return guess_modality(volume.image), "guessed from the intensities (set --modality to be sure)"
+
+
+def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.Image, step: float = 0.3,
+               blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> sitk.Image:
+    """sCT in HU on exactly ``image``'s grid: -1024 outside ``mask``, clipped to [-1024, 3071]."""
+    grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
+    grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
+    x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
+                  card.input_normalization)
+    y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress)
+    hu = sitk.GetImageFromArray(denormalize_ct(y, card.target_normalization))
+    hu.CopyInformation(grid)
+    sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
+    sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
+    out = sitk.GetImageFromArray(np.clip(sct, HU_MIN, 3071.0).astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tuple[Backend, str | None]:
+    """The backend asked for, and a note when the ONNX file had to be exported first."""
+    if backend == "torch":
+        return TorchBackend(model.network, device), None
+    if backend != "onnx":
+        raise SctconvError(f"unknown backend {backend!r}; use torch or onnx")
+    path = model.folder / ONNX_NAME
+    note = None
+    if not path.is_file():
+        path = work_dir / ONNX_NAME
+        export_onnx(model.network, model.card.patch_size, path)
+        note = f"{ONNX_NAME} not in the model folder; exported for this run (run `sctconv export` to keep it)"
+    return OnnxBackend(path, device), note
+
+
+def hu_statistics(sct: sitk.Image, mask: sitk.Image) -> dict[str, float]:
+    """Summary of the sCT inside the body."""
+    values = sitk.GetArrayViewFromImage(sct)[sitk.GetArrayViewFromImage(mask) > 0]
+    p1, p50, p99 = np.percentile(values, [1, 50, 99])
+    return {
+        "voxels": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+        "min": float(values.min()), "max": float(values.max()), "p01": float(p1), "median": float(p50),
+        "p99": float(p99), "fraction_above_300_hu": float(np.mean(values > 300)),
+        "fraction_below_minus_500_hu": float(np.mean(values < -500)),
+    }
+
+
+def describe_geometry(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+            "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import pydicom
+    import torch
+
+    return {"sctconv": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "SimpleITK": sitk.Version.VersionString(),
+            "pydicom": pydicom.__version__, "numpy": np.__version__}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
+            progress: Progress | None = None) -> dict:
+    """Convert one MR or CBCT into an sCT folder; returns the run report (also written as report.json).
+
+    Everything is written into a hidden staging folder beside ``out_dir`` and renamed into place
+    at the end, so a failure leaves no output behind.
+    """
+    check_output_dir(out_dir, options.overwrite)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    volume = read_volume(input_path, options.series)
+    check_finite(volume.image, f"input {input_path}")
+    region = canonical_region(options.region) if options.region else None
+    model = load_model(resolve_model(options.model, "", None)) if options.model else None
+    modality, modality_source = choose_modality(volume, options.modality, model.card if model else None)
+    model = model or load_model(resolve_model(None, modality, region))
+    if model.card.modality != modality:
+        raise SctconvError(f"model {model.card.name} converts {model.card.modality} images, but the input is "
+                           f"{modality} ({modality_source})")
+    if region and region not in model.card.regions:
+        notes.append(f"model {model.card.name} was trained on {', '.join(model.card.regions)}, not {region}")
+    lap("read")
+
+    if options.mask:
+        mask = read_mask(options.mask, volume.image)
+        mask_source = str(options.mask)
+    else:
+        mask = body_mask(volume.image, modality)
+        mask_source = "automatic"
+        if not sitk.GetArrayViewFromImage(mask).any():
+            raise SctconvError("no body found in the input (automatic mask is empty); pass --mask")
+    lap("mask")
+
+    device = resolve_device(options.device)
+    with atomic_output_dir(out_dir, options.overwrite) as staging:
+        backend, note = make_backend(model, options.backend, device, staging)
+        notes += [note] if note else []
+        lap("load_model")
+        sct = synthesize(model.card, backend, volume.image, mask, options.step, options.blend,
+                         options.batch_size, progress)
+        lap("predict")
+        staging.joinpath(ONNX_NAME).unlink(missing_ok=True)
+        image_name = f"sct.{options.image_format}"
+        write_image(sitk.Cast(sitk.Round(sct), sitk.sitkInt16), staging / image_name)
+        write_image(mask, staging / f"mask.{options.image_format}")
+        outputs = [image_name, f"mask.{options.image_format}"]
+        if options.dicom:
+            series_options = replace(
+                options.series_options,
+                model_name=options.series_options.model_name or model.card.name,
+                model_version=options.series_options.model_version or model.card.version,
+                software_version=__version__,
+                series_description=options.series_options.series_description or f"sCT {model.card.name}")
+            files = write_sct_series(sct, staging / "dicom", volume.source, series_options)
+            outputs.append(f"dicom/ ({len(files)} files)")
+        if options.preview:
+            save_preview(volume.image, sct, mask, staging / "preview.png",
+                         f"{input_path.name} -> sCT ({model.card.name})")
+            outputs.append("preview.png")
+        lap("write")
+        report = {
+            "sctconv": __version__,
+            "disclaimer": "Research tool, not a medical device: verify every sCT before clinical use.",
+            "input": {"path": str(input_path), "modality": modality, "modality_source": modality_source,
+                      "dicom_series": volume.source.series_instance_uid if volume.source else None,
+                      **describe_geometry(volume.image)},
+            "model": {"name": model.card.name, "folder": str(model.folder), "version": model.card.version,
+                      "regions": model.card.regions, "weights_sha256": sha256(model.folder / WEIGHTS_NAME)},
+            "region": region,
+            "mask": mask_source,
+            "inference": {"backend": backend.name, "device": backend.device, "step": options.step,
+                          "blend": options.blend, "batch_size": options.batch_size,
+                          "patch_size": list(model.card.patch_size), "spacing_zyx": list(model.card.spacing)},
+            "timings_s": timings,
+            "hu_in_body": hu_statistics(sct, mask),
+            "outputs": outputs + ["report.json"],
+            "notes": notes,
+            "versions": versions(),
+        }
+        report["timings_s"]["total"] = round(sum(timings.values()), 3)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,142 @@
+"""Sliding-window inference: overlapping patches through the network, blended into one volume.
+
+Windows are placed as in nnU-Net: along each axis ``ceil((L - P) / (P * step)) + 1`` windows
+spread evenly from the start to the end, so a step of 0.3 (the paper's) overlaps neighbours by 70%.
+Overlaps are averaged (the paper's mean blending) or weighted by a Gaussian, in float32
+accumulators. The network runs through PyTorch (CUDA with fp16 autocast when present) or through
+ONNX Runtime; both backends take and return float32 batches shaped (B, 1, z, y, x).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from sctconv.errors import SctconvError
+from sctconv.network import UNet
+
+
+class Backend(Protocol):
+    """Runs the network on a batch of normalized patches."""
+
+    name: str
+    device: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is present, else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SctconvError("--device cuda was asked for, but PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SctconvError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+class TorchBackend:
+    """The network in PyTorch; fp16 autocast on CUDA, float32 on CPU."""
+
+    name = "torch"
+
+    def __init__(self, network: UNet, device: str) -> None:
+        self.device = device
+        self.network = network.to(device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+            y = self.network(x)
+        return y.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """The exported network in ONNX Runtime; the CUDA provider when present and wanted, else CPU."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, device: str) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise SctconvError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> None:
+    """Export the network to ONNX for patches of ``patch_size`` with a dynamic batch axis."""
+    network = network.cpu().eval()
+    example = torch.zeros((2, network.arch.in_channels, *patch_size), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.onnx.export(network, (example,), dynamo=True, input_names=["image"],
+                                output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
+                                verbose=False)
+    program.save(str(path), external_data=False)
+
+
+def window_starts(length: int, patch: int, step: float) -> list[int]:
+    """Start indices of the windows along one axis (nnU-Net's placement)."""
+    if length <= patch:
+        return [0]
+    count = math.ceil((length - patch) / (patch * step)) + 1
+    spacing = (length - patch) / (count - 1)
+    return [int(round(i * spacing)) for i in range(count)]
+
+
+def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """Gaussian importance map (peak 1, no zeros) for Gaussian blending."""
+    axes = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / max(n * sigma_scale, 1e-6)) ** 2) for n in patch]
+    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weights = weights / weights.max()
+    return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
+
+
+def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
+                   blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
+    """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
+
+    Volumes smaller than the patch are padded with their minimum (air) and cropped back.
+    """
+    if not 0 < step <= 1:
+        raise SctconvError(f"--step must be in (0, 1], not {step}")
+    if blend not in ("mean", "gaussian"):
+        raise SctconvError(f"unknown blending {blend!r}; use mean or gaussian")
+    pad = [(0, max(0, p - s)) for p, s in zip(patch, volume.shape)]
+    padded = np.pad(volume, pad, constant_values=float(volume.min())) if any(p[1] for p in pad) else volume
+    starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded.shape, patch))))
+    weights = gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, dtype=np.float32)
+    total = np.zeros(padded.shape, dtype=np.float32)
+    count = np.zeros(padded.shape, dtype=np.float32)
+    task = progress.add_task("predicting windows", total=len(starts)) if progress else None
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first:first + batch_size]
+        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in chunk]
+        batch = np.stack([padded[sl] for sl in slices])[:, None].astype(np.float32, copy=False)
+        out = backend(np.ascontiguousarray(batch))
+        for sl, pred in zip(slices, out[:, 0]):
+            total[sl] += pred * weights
+            count[sl] += weights
+        if progress is not None:
+            progress.advance(task, len(chunk))
+    result = total / count
+    return result[tuple(slice(0, s) for s in volume.shape)]

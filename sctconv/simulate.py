@@ -1,0 +1,407 @@
+"""Paired-data simulator: MR-like and CBCT-like volumes from a CT, and a procedural CT phantom.
+
+This is how training pairs and examples are made without patient data. ``simulate_mr`` and
+``simulate_cbct`` return a float32 volume on exactly the CT's grid, so (simulated input, CT) is a
+voxel-aligned pair. ``make_phantom`` returns a torso-like CT in HU with a tissue label map.
+
+The array axis 0 of every image is taken as the slice (cranio-caudal) axis: the CBCT field of view
+is a cylinder along it and cupping and streaks are drawn in each axial slice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from sctconv.errors import SctconvError
+from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+
+PHANTOM_LABELS: dict[str, int] = {
+    "background": 0,
+    "soft_tissue": 1,
+    "fat": 2,
+    "lung": 3,
+    "bone": 4,
+    "organ": 5,
+    "kidney": 6,
+    "fluid": 7,
+    "gas": 8,
+}
+"""Label values in the map returned by :func:`make_phantom`."""
+
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+
+# HU knots of the MR contrast curve of solid tissue: air, lung, fat, soft tissue (muscle), parenchymal
+# organs, dense soft tissue, trabecular bone (marrow), cortical bone, dense cortex, metal. Fluid (water
+# HU where the HU is flat) has its own intensity, see ``_mr_signal``.
+_MR_KNOTS_HU = np.array(
+    [-1000.0, -750.0, -150.0, -60.0, 35.0, 65.0, 130.0, 250.0, 420.0, 750.0, 1500.0, 2500.0]
+)
+_FLUID_HU = 7.0  # water-like HU: fluid within _FLUID_HALF_WIDTH_HU of it (fading over 10 HU more)
+_FLUID_HALF_WIDTH_HU = 15.0
+_MUSCLE_KNOT = 4  # index of muscle in _MR_KNOTS_HU: the reference for the noise level
+
+
+def _as_float_array(image: sitk.Image) -> np.ndarray:
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+        raise SctconvError("the simulator needs a 3D scalar CT image")
+    return sitk.GetArrayFromImage(image).astype(np.float32)
+
+
+def _to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.CopyInformation(reference)
+    return image
+
+
+def _mr_contrast(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Relative MR intensity at each of ``_MR_KNOTS_HU`` and of fluid, for a random T1 or T2 weighting."""
+    u = rng.uniform
+    lung = u(0.02, 0.06)
+    cortical = u(0.02, 0.08)
+    if rng.random() < 0.5:  # T1: fat and marrow bright, fluid dark
+        fat, fluid, muscle, organ = u(0.85, 1.0), u(0.08, 0.2), u(0.3, 0.42), u(0.4, 0.55)
+        marrow = u(0.5, 0.75)
+    else:  # T2: fluid brightest, fat fairly bright, muscle dark
+        fat, fluid, muscle, organ = u(0.55, 0.8), u(0.9, 1.0), u(0.15, 0.25), u(0.25, 0.45)
+        marrow = u(0.3, 0.5)
+    dense = 0.5 * (muscle + organ)
+    curve = np.array(
+        [0.0, lung, fat, fat, muscle, organ, dense, marrow, marrow, cortical, 0.5 * cortical, 0.0]
+    )
+    return curve, fluid
+
+
+def _mr_signal(hu: np.ndarray, contrast: np.ndarray, fluid: float) -> np.ndarray:
+    """Relative MR signal of a HU volume, with partial volume at sharp edges.
+
+    The contrast curve is not monotone (fat and marrow lie between air, soft tissue and cortex), so
+    an edge voxel is not read off the curve: where the 3x3x3 neighbourhood spans more than 500 HU,
+    the voxel is a mix of its darkest and brightest neighbours and its signal the same mix of theirs.
+    This keeps air/tissue and tissue/cortex edges free of bright fat- or marrow-like rims. Likewise
+    fluid intensity goes only to water-HU regions where HU is flat, not to the thin shell of
+    water-like HU at every fat/muscle interface.
+    """
+    hu = ndimage.gaussian_filter(hu, 0.5)  # keeps CT noise from being amplified by steep parts of the curve
+    signal = np.interp(hu, _MR_KNOTS_HU, contrast).astype(np.float32)
+    low = ndimage.minimum_filter(hu, 3)
+    high = ndimage.maximum_filter(hu, 3)
+    edge = (high - low) > 500.0
+    low, high, value = low[edge], high[edge], hu[edge]
+    fraction = (value - low) / (high - low)
+    signal[edge] = fraction * np.interp(high, _MR_KNOTS_HU, contrast) + (1.0 - fraction) * np.interp(
+        low, _MR_KNOTS_HU, contrast
+    )
+    calm = ndimage.gaussian_filter(hu, 1.0)  # less noisy HU to tell water from other tissue
+    in_band = np.clip((_FLUID_HALF_WIDTH_HU + 10.0 - np.abs(calm - _FLUID_HU)) / 10.0, 0.0, 1.0)
+    slope = np.sqrt(sum(g * g for g in np.gradient(calm)))  # HU per voxel
+    weight = in_band * np.clip((25.0 - slope) / 15.0, 0.0, 1.0)
+    signal += weight * (np.float32(fluid) - signal)
+    return signal
+
+
+def _unit_coordinates(shape: tuple[int, ...], spacing_zyx: np.ndarray) -> list[np.ndarray]:
+    """Broadcastable voxel coordinates per axis in mm about the centre, divided by the largest half-extent."""
+    half = 0.5 * float(max((n - 1) * s for n, s in zip(shape, spacing_zyx))) or 1.0
+    coords = []
+    for axis, (n, s) in enumerate(zip(shape, spacing_zyx)):
+        c = ((np.arange(n, dtype=np.float32) - 0.5 * (n - 1)) * s / half).astype(np.float32)
+        view = [1] * len(shape)
+        view[axis] = n
+        coords.append(c.reshape(view))
+    return coords
+
+
+def _bias_field(shape: tuple[int, ...], spacing_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field exp(p), p a random second-order polynomial; max |field - 1| 15-30%."""
+    z, y, x = _unit_coordinates(shape, spacing_zyx)
+    c = rng.normal(size=9).astype(np.float32)
+    log_field = (c[0] * x + c[1] * y + 0.5 * c[2] * z) + (c[3] * x * x + c[4] * y * y + 0.5 * c[5] * z * z)
+    log_field = log_field + (c[6] * x * y + 0.5 * c[7] * x * z + 0.5 * c[8] * y * z)
+    peak = float(np.abs(log_field).max()) or 1.0
+    return np.exp(log_field * np.float32(np.log1p(rng.uniform(0.15, 0.3)) / peak))
+
+
+def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, factor: int) -> np.ndarray:
+    """Unit-variance low-frequency noise: white noise on a grid ``factor`` times coarser, upsampled."""
+    coarse_shape = tuple(max(2, -(-n // factor)) for n in shape)
+    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0)
+    coarse /= float(coarse.std()) or 1.0
+    return ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse_shape)], order=1, grid_mode=True,
+                        mode="nearest")
+
+
+def simulate_mr(ct: sitk.Image, rng: np.random.Generator, labels: sitk.Image | None = None) -> sitk.Image:
+    """MR-like volume (float32, arbitrary positive scale) on the grid of ``ct`` (HU).
+
+    Tissue intensity is a smooth function of HU with a contrast drawn per call as T1- or
+    T2-weighted (fat bright on T1, fluid bright on T2, air and cortical bone dark on both), with a
+    little intra-tissue texture, a smooth bias field and Rician noise; outside the body the signal
+    is zero plus noise. ``labels`` (integer map on the same grid) is an optional hint: every label
+    value > 0 gets its own random intensity factor and counts as body.
+    """
+    hu = _as_float_array(ct)
+    spacing_zyx = np.array(ct.GetSpacing()[::-1], dtype=np.float64)
+    body = body_mask_from_array(hu, CT_BODY_THRESHOLD_HU).astype(bool)
+
+    contrast, fluid = _mr_contrast(rng)
+    signal = _mr_signal(hu, contrast, fluid)
+    if labels is not None:
+        if labels.GetSize() != ct.GetSize():
+            raise SctconvError("the label map and the CT must have the same size")
+        label_array = np.clip(sitk.GetArrayFromImage(labels).astype(np.int64), 0, None)
+        present = np.flatnonzero(np.bincount(label_array.ravel()))
+        present = present[present > 0]
+        factors = np.ones(int(label_array.max()) + 1, dtype=np.float32)
+        factors[present] = rng.uniform(0.85, 1.15, size=present.size)
+        signal *= factors[label_array]
+        body |= label_array > 0
+
+    texture = 1.0 + rng.uniform(0.02, 0.05) * _smooth_noise(hu.shape, rng, factor=3)
+    signal *= texture * _bias_field(hu.shape, spacing_zyx, rng)
+    signal[~body] = 0.0
+
+    scale = float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0))))
+    sigma = scale * float(contrast[_MUSCLE_KNOT]) / rng.uniform(12.0, 40.0)  # muscle SNR 12-40
+    real = signal * scale + sigma * rng.standard_normal(hu.shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(hu.shape, dtype=np.float32)
+    return _to_image(np.hypot(real, imaginary), ct)
+
+
+def _streaks(hu: np.ndarray, spacing_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Additive angular streaks (HU) radiating from the densest bone/metal cluster of each axial slice."""
+    dense_weight = np.clip(hu - 700.0, 0.0, None) / 800.0
+    pixel_area = float(spacing_zyx[1] * spacing_zyx[2])
+    # Strength per slice: ~1 for a vertebra-sized cross-section of cortical bone, up to 3 with metal.
+    strength = np.minimum(np.sqrt(dense_weight.sum(axis=(1, 2)) * pixel_area / 100.0), 3.0)
+    streaks = np.zeros(hu.shape, dtype=np.float32)
+    active = np.flatnonzero(strength > 0.05)
+    if active.size == 0:
+        return streaks
+
+    bins = 720
+    angles = np.linspace(-np.pi, np.pi, bins, endpoint=False)
+    profile = np.zeros(bins)
+    for _ in range(int(rng.integers(3, 7))):
+        centre = rng.uniform(-np.pi, np.pi)
+        width = np.deg2rad(rng.uniform(0.8, 2.5))
+        distance = np.angle(np.exp(1j * (angles - centre)))  # wrapped to (-pi, pi]
+        # A dark streak on one line through the centroid, i.e. at both centre and centre + pi.
+        line = np.exp(-0.5 * (distance / width) ** 2)
+        line += np.exp(-0.5 * ((np.abs(distance) - np.pi) / width) ** 2)
+        profile += rng.choice([-1.0, 0.6]) * rng.uniform(0.5, 1.0) * line
+    profile = (profile * rng.uniform(20.0, 50.0)).astype(np.float32)
+
+    # Streak origin per slice: the densest cluster (dense material smoothed over ~1 cm).
+    ny, nx = hu.shape[1:]
+    cluster = ndimage.gaussian_filter(dense_weight[active], (0.0, *(10.0 / spacing_zyx[1:])), mode="constant")
+    cy, cx = np.unravel_index(cluster.reshape(active.size, -1).argmax(axis=1), (ny, nx))
+    dy = (np.arange(ny, dtype=np.float32)[None, :, None] - cy[:, None, None].astype(np.float32))
+    dx = (np.arange(nx, dtype=np.float32)[None, None, :] - cx[:, None, None].astype(np.float32))
+    dy *= float(spacing_zyx[1])
+    dx *= float(spacing_zyx[2])
+    index = (np.arctan2(dy, dx) + np.float32(np.pi)) * np.float32(bins / (2 * np.pi))
+    index = index.astype(np.int32) % bins
+    radius = np.hypot(dy, dx)
+    decay = np.clip(radius / 15.0, 0.0, 1.0) / (1.0 + radius / 120.0)  # none inside the dense object
+    streaks[active] = profile[index] * decay * strength[active, None, None].astype(np.float32)
+    return streaks
+
+
+def simulate_cbct(ct: sitk.Image, rng: np.random.Generator, fov_radius_mm: float | None = None) -> sitk.Image:
+    """CBCT-like volume (float32, approximately HU) on the grid of ``ct`` (HU).
+
+    Adds a global HU scale/shift (x0.92-1.08, +-50 HU), blur, cupping (25-80 HU at the centre),
+    streaks from dense structures, correlated noise (sd 20-40 HU) and a cylindrical field of view
+    along the slice axis (radius ``fov_radius_mm``, drawn in 125-250 mm when None, centre near the
+    image centre); outside it the value is -1000. Clipped to [-1024, 3071].
+    """
+    hu = _as_float_array(ct)
+    spacing_zyx = np.array(ct.GetSpacing()[::-1], dtype=np.float64)
+    shape = hu.shape
+
+    volume = rng.uniform(0.92, 1.08) * hu + rng.uniform(-50.0, 50.0)
+    volume = ndimage.gaussian_filter(volume, rng.uniform(0.5, 1.2) / spacing_zyx, mode="nearest")
+    volume += _streaks(hu, spacing_zyx, rng)
+
+    radius_mm = float(rng.uniform(125.0, 250.0)) if fov_radius_mm is None else float(fov_radius_mm)
+    centre_y, centre_x = 0.5 * (np.array(shape[1:]) - 1) * spacing_zyx[1:] + rng.normal(0.0, 8.0, size=2)
+    y = (np.arange(shape[1], dtype=np.float32) * float(spacing_zyx[1]) - float(centre_y))[:, None]
+    x = (np.arange(shape[2], dtype=np.float32) * float(spacing_zyx[2]) - float(centre_x))[None, :]
+    r2 = (y * y + x * x) / np.float32(radius_mm**2)
+    # Cupping: darkening toward the rotation axis, over the radius of the object in the FOV, and
+    # proportional to the attenuation present.
+    tissue = (hu > CT_BODY_THRESHOLD_HU).any(axis=0) & (r2 <= 1.0)
+    object_r2 = float(r2[tissue].max()) if tissue.any() else 1.0
+    cupping = rng.uniform(25.0, 80.0) * np.clip(1.0 - r2 / max(object_r2, 1e-3), 0.0, None)
+    volume -= cupping[None] * np.clip((volume + 1000.0) / 1000.0, 0.0, 1.5)
+
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0.3, 0.7, 0.7))
+    volume += noise * np.float32(rng.uniform(20.0, 40.0) / (float(noise.std()) or 1.0))
+
+    volume[:, r2 > 1.0] = -1000.0
+    np.clip(volume, HU_MIN, HU_MAX, out=volume)
+    return _to_image(volume, ct)
+
+
+class _PhantomPainter:
+    """Holds the phantom's HU and label arrays and the physical voxel coordinates (mm, centred at 0)."""
+
+    def __init__(self, shape: tuple[int, int, int], spacing_xyz: tuple[float, float, float]) -> None:
+        nz, ny, nx = shape
+        sx, sy, sz = spacing_xyz
+        self.z = ((np.arange(nz) - 0.5 * (nz - 1)) * sz)[:, None, None]
+        self.y = ((np.arange(ny) - 0.5 * (ny - 1)) * sy)[None, :, None]
+        self.x = ((np.arange(nx) - 0.5 * (nx - 1)) * sx)[None, None, :]
+        self.hu = np.full(shape, HU_MIN, dtype=np.float32)
+        self.labels = np.zeros(shape, dtype=np.uint8)
+
+    def paint(self, where: np.ndarray, hu: float, label: str) -> None:
+        where = np.broadcast_to(where, self.hu.shape)
+        self.hu[where] = hu
+        self.labels[where] = PHANTOM_LABELS[label]
+
+    def ellipsoid(self, centre: tuple[float, float, float], semi: tuple[float, float, float]) -> np.ndarray:
+        """Mask of an axis-aligned ellipsoid; ``centre`` and ``semi`` are (x, y, z) in mm."""
+        return (((self.x - centre[0]) / semi[0]) ** 2 + ((self.y - centre[1]) / semi[1]) ** 2
+                + ((self.z - centre[2]) / semi[2]) ** 2) < 1.0
+
+
+def make_phantom(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int] = (40, 96, 112),
+    spacing: tuple[float, float, float] = (2.5, 2.5, 3.0),
+) -> tuple[sitk.Image, sitk.Image]:
+    """Procedural torso CT phantom: (CT in HU as int16, tissue labels as uint8, see ``PHANTOM_LABELS``).
+
+    ``shape`` is numpy order (z, y, x), ``spacing`` ITK order (x, y, z) in mm; the origin puts the
+    volume centre at 0 mm, direction identity, superior toward +z. The body is a perturbed ellipse
+    with subcutaneous fat, a muscle wall, a cavity of bowel and visceral fat with gas pockets, liver,
+    gallbladder, spleen and kidneys, optionally lungs and heart above a random diaphragm level, ribs
+    and a spine (cortical shell, trabecular core, discs, canal, posterior elements). Outside the body
+    is -1024.
+    """
+    if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or min(spacing) <= 0:
+        raise SctconvError("the phantom needs a 3D shape and positive spacing")
+    u = rng.uniform
+    p = _PhantomPainter(shape, spacing)
+    x, y, z = p.x, p.y, p.z
+    nz, ny, nx = shape
+    half_z = max(0.5 * (nz - 1) * spacing[2], 1.0)
+
+    # Outline: ellipse with low-order angular perturbations and a slow change of size along z.
+    half_x = 0.44 * nx * spacing[0] * u(0.82, 1.0)
+    half_y = min(half_x * u(0.65, 0.8), 0.45 * ny * spacing[1])
+    phi = np.arctan2(y, x)
+    outline = 1.0 + 0.04 * np.sin(np.pi * u(0.3, 0.8) * z / half_z + u(0, 2 * np.pi))
+    for k in (2, 3, 4):
+        outline = outline + rng.normal(0.0, 0.03 / k) * np.cos(k * phi + u(0, 2 * np.pi))
+    fat = u(6.0, 22.0) * (1.0 + 0.4 * np.cos(phi - u(0, 2 * np.pi)))
+    wall = u(8.0, 16.0)
+
+    def inside(inset: np.ndarray | float) -> np.ndarray:
+        return ((x / (half_x - inset)) ** 2 + (y / (half_y - inset)) ** 2) < outline**2
+
+    body = inside(0.0)
+    p.paint(body, -100.0, "fat")
+    p.paint(body & ~inside(2.0), 20.0, "soft_tissue")  # skin
+    p.paint(inside(fat), 45.0, "soft_tissue")
+    # Spine geometry (scaled with body size): vertebral body, canal and spinous process end ~1 cm
+    # inside the back muscles; paraspinal muscles and psoas fill the region around it.
+    scale = float(np.clip(half_x / 150.0, 0.6, 1.2))
+    vertebra_r = u(13.0, 17.0) * scale
+    canal_r = 6.5 * scale
+    spinous = 20.0 * scale
+    vertebra_y = half_y - float(fat.mean()) - 10.0 - (vertebra_r + 2.0 * scale + 2.0 * canal_r + spinous)
+    paraspinal = ((x / (vertebra_r + 40.0 * scale)) ** 2
+                  + ((y - vertebra_y - 0.6 * vertebra_r) / (1.6 * vertebra_r + 22.0 * scale)) ** 2) < 1.0
+    cavity = inside(fat + wall) & ~paraspinal
+    cav_x, cav_y = half_x - float(fat.mean()) - wall, half_y - float(fat.mean()) - wall
+
+    # Cavity content: bowel and visceral fat, a few gas pockets.
+    mottle = ndimage.gaussian_filter(rng.standard_normal(shape), 5.0 / np.array(spacing[::-1]))
+    mottle /= mottle.std() or 1.0
+    p.paint(cavity, 35.0, "soft_tissue")
+    p.paint(cavity & (mottle > np.quantile(mottle, 1.0 - u(0.25, 0.5))), -95.0, "fat")
+    gas = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    p.paint(cavity & (gas > np.quantile(gas, 0.995)), -950.0, "gas")
+
+    # Abdomen: liver (right, domed top under the right lung), spleen, kidneys in perirenal fat.
+    # One phantom in five is abdomen only: the diaphragm lies above the volume, no lungs.
+    diaphragm = -half_z + 2 * half_z * u(0.3, 0.6) if rng.random() < 0.8 else half_z + 60.0
+    liver_height = u(70.0, 100.0)
+    p.paint(cavity & p.ellipsoid((-0.4 * cav_x, -0.05 * cav_y, diaphragm + 15 - liver_height),
+                                 (0.6 * cav_x, 0.85 * cav_y, liver_height)), u(55.0, 65.0), "organ")
+    gallbladder = p.ellipsoid((-0.3 * cav_x, -0.45 * cav_y, diaphragm - 40.0), (15.0 * scale, 15.0 * scale, 30))
+    p.paint(cavity & gallbladder, u(5.0, 15.0), "fluid")
+    p.paint(cavity & p.ellipsoid((0.6 * cav_x, 0.3 * cav_y, diaphragm - 40),
+                                 (0.25 * cav_x, 0.35 * cav_y, 45.0)), u(40.0, 50.0), "organ")
+    for side in (-1.0, 1.0):
+        kidney = (side * (vertebra_r + 45.0 * scale), vertebra_y - 0.2 * vertebra_r, diaphragm - 60.0)
+        semi = np.array([20.0, 26.0, 45.0]) * scale
+        p.paint(inside(fat + wall) & p.ellipsoid(kidney, tuple(semi + 8.0)), -95.0, "fat")
+        p.paint(p.ellipsoid(kidney, tuple(semi)), u(25.0, 35.0), "kidney")
+        sinus = p.ellipsoid((kidney[0] - side * 0.7 * semi[0], kidney[1] - 4.0, kidney[2]), tuple(semi * 0.4))
+        p.paint(sinus, -90.0, "fat")
+
+    # Thorax: lungs above a domed diaphragm (left lung smaller), heart between them.
+    lung_height = u(130.0, 200.0)
+    for side in (-1.0, 1.0):
+        centre_x, semi_x, semi_y = side * 0.48 * cav_x, (0.45 if side < 0 else 0.4) * cav_x, 0.82 * cav_y
+        lung_z = diaphragm + 0.6 * lung_height
+        lung = p.ellipsoid((centre_x, 0.05 * cav_y, lung_z), (semi_x, semi_y, lung_height))
+        dome = 1.0 - ((x - centre_x) / semi_x) ** 2 - ((y + 0.3 * cav_y) / semi_y) ** 2
+        dome = 30.0 * np.clip(dome, 0.0, 1.0)
+        p.paint(inside(fat + wall) & lung & (z > diaphragm + dome), -860.0, "lung")
+    heart = p.ellipsoid((0.15 * cav_x, -0.3 * cav_y, diaphragm + 45.0), (0.35 * cav_x, 0.4 * cav_y, 55.0))
+    p.paint(cavity & heart, 40.0, "organ")
+    lung = p.labels == PHANTOM_LABELS["lung"]
+    vessels = ndimage.gaussian_filter(rng.standard_normal(shape), 0.8)
+    p.paint(lung & (vessels > np.quantile(vessels, 0.97)), -60.0, "lung")
+
+    # Aorta, left-anterior of the vertebral body.
+    aorta_r = 11.0 * scale
+    aorta_y = vertebra_y - vertebra_r - aorta_r - 2.0
+    p.paint(np.hypot(x - 0.8 * vertebra_r, y - aorta_y) < aorta_r, 45.0, "organ")
+
+    # Ribs: an oblique band pattern on a ring inside the muscle wall, above the lower thorax.
+    ring_x, ring_y = half_x - float(fat.mean()) - 0.5 * wall, half_y - float(fat.mean()) - 0.5 * wall
+    ring = np.abs(np.hypot(x / ring_x, y / ring_y) - outline) * 0.5 * (ring_x + ring_y) < 3.5
+    from_back = np.abs(np.angle(np.exp(1j * (phi - 0.5 * np.pi))))
+    rib_period = u(22.0, 28.0)
+    rib_z = np.mod(z + 0.5 * from_back * ring_x + u(0, rib_period), rib_period) < 10.0
+    ribs = body & ring & rib_z & (from_back < np.pi - 0.4) & (z > diaphragm - 40.0)
+    p.paint(ribs & ~paraspinal, 600.0, "bone")
+    p.paint(inside(fat + 2.0) & ~inside(fat + 12.0) & (np.abs(x) < 11.0) & (y < 0) & (z > diaphragm - 20.0),
+            400.0, "bone")  # sternum
+
+    # Spine: vertebral bodies (cortical shell, trabecular core) separated by discs, canal, posterior arch.
+    disc = np.mod(z + u(0, 30.0), u(24.0, 30.0)) < 6.0
+    r_body = np.hypot(x, y - vertebra_y)
+    p.paint(r_body < vertebra_r, u(850.0, 1100.0), "bone")
+    cortex = max(3.0, 1.2 * max(spacing[:2]))  # at least a voxel, so coarse grids keep cortical HU
+    p.paint(r_body < vertebra_r - cortex, u(200.0, 280.0), "bone")
+    p.paint((r_body < vertebra_r) & disc, 90.0, "soft_tissue")
+    canal_y = vertebra_y + vertebra_r + 2.0 * scale + canal_r
+    r_canal = np.hypot(x, y - canal_y)
+    arch = r_canal < canal_r + 5.0 * scale
+    arch |= (np.abs(x) < 4.0 * scale) & (y > canal_y) & (y < canal_y + canal_r + spinous)  # spinous process
+    arch |= (np.abs(y - canal_y) < 4.0 * scale) & (np.abs(x) < canal_r + 25.0 * scale)  # transverse processes
+    p.paint(arch & ~disc, 550.0, "bone")
+    p.paint(r_canal < canal_r, 10.0, "fluid")
+
+    # Texture, a little blur (partial volume) and CT noise; exact air outside.
+    trabecular = (p.labels == PHANTOM_LABELS["bone"]) & (p.hu < 400.0)
+    p.hu += np.where(trabecular, 50.0, 8.0) * mottle
+    p.hu[lung] += 25.0 * ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)[lung]
+    hu = ndimage.gaussian_filter(p.hu, 0.5) + u(4.0, 10.0) * rng.standard_normal(shape)
+    hu[~np.broadcast_to(body, shape)] = HU_MIN
+    ct = sitk.GetImageFromArray(np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16))
+    labels = sitk.GetImageFromArray(p.labels)
+    origin = tuple(-0.5 * (n - 1) * s for n, s in zip(shape[::-1], spacing))
+    for image in (ct, labels):
+        image.SetSpacing(tuple(float(s) for s in spacing))
+        image.SetOrigin(origin)
+    return ct, labels
