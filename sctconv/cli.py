@@ -21,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Synthetic CT from MRI or CBCT for radiotherapy planning. "
                        "Research tool, not a medical device.")
 console = Console(stderr=True)
+stdout = Console(width=None if sys.stdout.isatty() else 200)
 _state = {"debug": False}
 
 
@@ -53,17 +54,17 @@ def user_errors(command: Callable) -> Callable:
         except SctconvError as exc:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/]")
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug or an environment problem: still one line
             if _state["debug"]:
                 raise
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {message} "
-                          "(run with --debug for the traceback)", highlight=False)
+            typer.echo(f"error: unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)",
+                       err=True)
             sys.exit(2)
 
     return wrapper
@@ -123,6 +124,24 @@ def convert(
 
 @app.command()
 @user_errors
+def series(
+    path: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively), file or zip.")],
+) -> None:
+    """List the DICOM image series in a folder (pick one with `convert --series`)."""
+    from sctconv.dicom_read import list_series
+
+    found = list_series(path)
+    if not found:
+        raise SctconvError(f"no DICOM image series under {path}")
+    table = Table("number", "modality", "description", "slices", "rows x cols", "orientation", "SeriesInstanceUID")
+    for item in found:
+        table.add_row(str(item.series_number or ""), item.modality, item.description, str(item.slices),
+                      f"{item.rows} x {item.columns}", item.orientation, item.series_instance_uid)
+    stdout.print(table)
+
+
+@app.command()
+@user_errors
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the model cards as JSON.")] = False,
 ) -> None:
@@ -138,7 +157,7 @@ def models(
         mae = card.metrics.get("heldout_mae_hu")
         table.add_row(card.name, card.modality, ", ".join(card.regions), str(card.spacing), str(card.patch_size),
                       f"{card.training.get('parameters', 0) / 1e6:.2f} M", f"{mae:.1f}" if mae else "-")
-    Console().print(table)
+    stdout.print(table)
 
 
 @app.command()

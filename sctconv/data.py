@@ -123,7 +123,9 @@ def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, floa
     grid = to_model_grid(image, spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
     x = normalize(sitk.GetArrayViewFromImage(grid), m, input_norm)
-    y = normalize(sitk.GetArrayViewFromImage(to_model_grid(ct, spacing, default=HU_MIN)), m, target_norm)
+    y = normalize(sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN)), m, target_norm)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise SctconvError(f"case {case.name}: non-finite values after preprocessing")
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32), mask=m)
     return CaseArrays(case.name, x.astype(np.float32), y.astype(np.float32), m)

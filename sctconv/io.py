@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,37 @@ def read_volume(path: Path, series: str | None = None) -> InputVolume:
         raise SctconvError(
             f"cannot read {path}: not an image file SimpleITK understands ({', '.join(IMAGE_SUFFIXES)}) "
             "nor DICOM") from None
+    bad = nifti_nonfinite_count(path)
+    if bad:
+        raise SctconvError(f"{path} holds {bad} NaN or infinite voxel(s); fix the input first")
     return InputVolume(image=_as_float_volume(image, path), path=path)
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def nifti_nonfinite_count(path: Path) -> int:
+    """NaN/inf voxels stored in a float NIfTI-1 file (0 for other files).
+
+    ITK's NIfTI reader turns NaN into 0 on reading, so NaN-filled volumes must be caught on the
+    raw file before SimpleITK sees them.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        header = handle.read(348)
+        if len(header) < 348:
+            return 0
+        order = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+        dtype = _NIFTI_FLOAT_TYPES.get(int(np.frombuffer(header, f"{order}i2", 1, 70)[0]))
+        if dtype is None:
+            return 0
+        offset = int(np.frombuffer(header, f"{order}f4", 1, 108)[0])
+        handle.read(max(0, offset - 348))
+        data = np.frombuffer(handle.read(), f"{order}{dtype}")
+    return int(np.count_nonzero(~np.isfinite(data)))
 
 
 def _as_float_volume(image: sitk.Image, path: Path) -> sitk.Image:
@@ -58,23 +89,27 @@ def _as_float_volume(image: sitk.Image, path: Path) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def read_mask(path: Path, reference: sitk.Image) -> sitk.Image:
-    """Read a body mask and bring it onto ``reference``'s grid (nearest neighbour); uint8 0/1."""
+def read_label_map(path: Path, reference: sitk.Image) -> sitk.Image:
+    """Read a label map (or mask) and bring it onto ``reference``'s grid by nearest neighbour (uint16)."""
     if not path.exists():
-        raise SctconvError(f"mask {path} does not exist")
+        raise SctconvError(f"label map {path} does not exist")
     try:
-        mask = sitk.ReadImage(str(path))
+        labels = sitk.ReadImage(str(path))
     except RuntimeError:
-        raise SctconvError(f"cannot read mask {path}") from None
-    if mask.GetDimension() != 3:
-        raise SctconvError(f"mask {path} is not a 3D image")
-    mask = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    array = sitk.GetArrayFromImage(mask)
+        raise SctconvError(f"cannot read label map {path}") from None
+    if labels.GetDimension() != 3 or labels.GetNumberOfComponentsPerPixel() != 1:
+        raise SctconvError(f"label map {path} is not a 3D scalar image")
+    return sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+
+
+def read_mask(path: Path, reference: sitk.Image) -> sitk.Image:
+    """Read a body mask onto ``reference``'s grid; uint8 0/1, refused when empty there."""
+    array = sitk.GetArrayFromImage(read_label_map(path, reference))
     if not array.any():
         raise SctconvError(f"mask {path} is empty on the input's grid (does it belong to this image?)")
-    out = sitk.GetImageFromArray((array > 0).astype(np.uint8))
-    out.CopyInformation(reference)
-    return out
+    mask = sitk.GetImageFromArray((array > 0).astype(np.uint8))
+    mask.CopyInformation(reference)
+    return mask
 
 
 def write_image(image: sitk.Image, path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -88,9 +89,11 @@ def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> 
     network = network.cpu().eval()
     example = torch.zeros((2, network.arch.in_channels, *patch_size), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=256)
-    program = torch.onnx.export(network, (example,), dynamo=True, input_names=["image"],
-                                output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
-                                verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
+        program = torch.onnx.export(network, (example,), dynamo=True, input_names=["image"],
+                                    output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
+                                    verbose=False)
     program.save(str(path), external_data=False)
 
 

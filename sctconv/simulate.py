@@ -10,11 +10,15 @@ is a cylinder along it and cupping and streaks are drawn in each axial slice.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
+from sctconv.io import read_label_map, read_volume, write_image
+from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
 
 PHANTOM_LABELS: dict[str, int] = {
@@ -96,7 +100,7 @@ def _mr_signal(hu: np.ndarray, contrast: np.ndarray, fluid: float) -> np.ndarray
     )
     calm = ndimage.gaussian_filter(hu, 1.0)  # less noisy HU to tell water from other tissue
     in_band = np.clip((_FLUID_HALF_WIDTH_HU + 10.0 - np.abs(calm - _FLUID_HU)) / 10.0, 0.0, 1.0)
-    slope = np.sqrt(sum(g * g for g in np.gradient(calm)))  # HU per voxel
+    slope = ndimage.gaussian_gradient_magnitude(hu, 1.0)  # HU per voxel, of ``calm``
     weight = in_band * np.clip((25.0 - slope) / 15.0, 0.0, 1.0)
     signal += weight * (np.float32(fluid) - signal)
     return signal
@@ -405,3 +409,25 @@ def make_phantom(
         image.SetSpacing(tuple(float(s) for s in spacing))
         image.SetOrigin(origin)
     return ct, labels
+
+
+def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_path: Path | None = None,
+                         seed: int = 0, overwrite: bool = False) -> None:
+    """Write a paired case folder ``<modality>.mha``, ``ct.mha``, ``mask.mha`` (SynthRAD2025 layout).
+
+    The CT is clipped to [-1024, 3071] and stored as int16; the mask is the CT's body mask.
+    """
+    if modality not in ("mr", "cbct"):
+        raise SctconvError(f"--modality must be mr or cbct, not {modality!r}")
+    check_output_dir(out_dir, overwrite)
+    ct = read_volume(ct_path).image
+    ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)
+    labels = read_label_map(labels_path, ct) if labels_path else None
+    rng = np.random.default_rng(seed)
+    simulated = simulate_mr(ct, rng, labels) if modality == "mr" else simulate_cbct(ct, rng)
+    mask = sitk.GetImageFromArray(body_mask_from_array(sitk.GetArrayViewFromImage(ct), CT_BODY_THRESHOLD_HU))
+    mask.CopyInformation(ct)
+    with atomic_output_dir(out_dir, overwrite) as staging:
+        write_image(simulated, staging / f"{modality}.mha")
+        write_image(sitk.Cast(sitk.Round(ct), sitk.sitkInt16), staging / "ct.mha")
+        write_image(mask, staging / "mask.mha")

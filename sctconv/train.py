@@ -15,14 +15,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sctconv.data import CaseArrays, discover_cases, fingerprint, preprocess_case, sample_patch
+from sctconv.data import Case, CaseArrays, discover_cases, fingerprint, load_case_hu, preprocess_case, sample_patch
 from sctconv.errors import SctconvError
+from sctconv.metrics import image_metrics, mae
 from sctconv.model import ModelCard, Normalization, save_model
 from sctconv.network import Architecture, UNet, count_parameters
+from sctconv.pipeline import synthesize
 from sctconv.predict import TorchBackend, resolve_device, sliding_window
 from sctconv.preprocess import HU_MAX, HU_MIN
 from sctconv.preview import save_curves
@@ -197,6 +200,9 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                 y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                     loss = torch.nn.functional.l1_loss(network(x), y)
+                if not torch.isfinite(loss):
+                    raise SctconvError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {it + 1}; "
+                                       "lower --lr or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -215,12 +221,37 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         save_curves(history, config.out / "curves.png", f"{config.name} (stage 1, L1)")
         (config.out / "history.json").write_text(json.dumps(history, indent=2))
 
-    # The model folder: weights and card.
-    last = history[-1] if history else {}
+    # The model folder: weights and card, with metrics measured as `sctconv convert` would produce them.
+    console.print("measuring the validation cases on their own grids (step 0.3)")
+    metrics = final_metrics(network.eval(), card, val_cases, config.modality, device)
+    console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     card = replace(card, training={
         "stage": "L1", "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
         "validation_cases": [c.name for c in val_cases], "dataset_fingerprint": stats,
-        "epochs": config.epochs, "parameters": count_parameters(network)},
-        metrics={"validation_mae_hu_model_grid": last.get("val_mae")})
+        "epochs": config.epochs, "parameters": count_parameters(network)}, metrics=metrics)
     save_model(config.out, card, network)
     return config.out
+
+
+SOFT_TISSUE_HU = 40.0
+"""The constant CT that a model has to beat: soft tissue everywhere inside the body."""
+
+
+def final_metrics(network: UNet, card: ModelCard, cases: list[Case], modality: str,
+                  device: str) -> dict[str, float | int]:
+    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT on each case's own grid, and the
+    MAE of a constant soft-tissue CT inside the body for comparison."""
+    backend = TorchBackend(network, device)
+    rows = []
+    for case in cases:
+        image, ct, mask = load_case_hu(case, modality)
+        sct = synthesize(card, backend, image, mask)
+        gt, inside = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(mask)
+        row = image_metrics(gt, sitk.GetArrayFromImage(sct), inside)
+        row["constant_mae"] = mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)
+        rows.append(row)
+    return {"cases": len(rows), "mae_hu": float(np.mean([r["mae"] for r in rows])),
+            "psnr_db": float(np.mean([r["psnr"] for r in rows])),
+            "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
+            "constant_soft_tissue_mae_hu": float(np.mean([r["constant_mae"] for r in rows])),
+            "evaluated_on": "validation cases" if cases else "none"}

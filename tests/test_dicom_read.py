@@ -24,9 +24,7 @@ from sctconv.dicom_read import (  # noqa: E402
 )
 from sctconv.errors import SctconvError  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 VENDOR = DATA / "dicom2nifti_vendor_mr"
 PYDICOM_FILES = DATA / "pydicom_testfiles"
 TOTALSEG = DATA / "totalsegmentator_ct_mr"

@@ -1,0 +1,5 @@
+"""`python -m sctconv` runs the command line."""
+
+from sctconv.cli import app
+
+app()

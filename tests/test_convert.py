@@ -1,0 +1,135 @@
+"""End to end: `sctconv convert` on phantom inputs, its outputs, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from sctconv.errors import SctconvError
+from sctconv.pipeline import ConvertOptions, convert, guess_modality
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sctconv", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-9)
+
+
+@pytest.mark.parametrize("modality", ["mr", "cbct"])
+def test_convert_writes_sct_on_the_exact_input_grid(modality, phantom_files, tiny_mr_model, tiny_cbct_model,
+                                                    tmp_path):
+    model = tiny_mr_model if modality == "mr" else tiny_cbct_model
+    out = tmp_path / f"out-{modality}"
+    report = convert(phantom_files[modality], out, ConvertOptions(model=str(model), preview=True))
+    source = sitk.ReadImage(str(phantom_files[modality]))
+    sct = sitk.ReadImage(str(out / "sct.nii.gz"))
+    assert_same_grid(sct, source)
+    values = sitk.GetArrayFromImage(sct)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz")))
+    assert values.min() >= -1024 and values.max() <= 3071
+    assert (values[mask == 0] == -1024).all()
+    assert 0.1 < mask.mean() < 0.9
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["input"]["modality"] == modality
+    assert on_disk["model"]["name"] == model.name
+    assert set(on_disk["timings_s"]) >= {"read", "mask", "predict", "write", "total"}
+    assert on_disk["hu_in_body"]["voxels"] == int(mask.sum())
+    assert report["versions"]["sctconv"]
+    files = sorted((out / "dicom").glob("*.dcm"))
+    assert len(files) == source.GetSize()[2]
+    first = pydicom.dcmread(files[0])
+    assert first.Modality == "CT" and first.RescaleType == "HU"
+    assert "synthetic" in first.DerivationDescription.lower()
+    assert (out / "preview.png").stat().st_size > 10_000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_and_torch_backends_agree_within_1_hu(phantom_files, tiny_mr_model, tmp_path):
+    a = convert(phantom_files["mr"], tmp_path / "torch", ConvertOptions(model=str(tiny_mr_model), dicom=False,
+                                                                       preview=False))
+    b = convert(phantom_files["mr"], tmp_path / "onnx", ConvertOptions(model=str(tiny_mr_model), dicom=False,
+                                                                      preview=False, backend="onnx"))
+    assert a["inference"]["backend"] == "torch" and b["inference"]["backend"] == "onnx"
+    x = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "torch" / "sct.nii.gz"))).astype(float)
+    y = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "onnx" / "sct.nii.gz"))).astype(float)
+    assert np.abs(x - y).mean() < 1.0
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(phantom_files, tiny_mr_model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    options = ConvertOptions(model=str(tiny_mr_model), dicom=False, preview=False)
+    with pytest.raises(SctconvError, match="--overwrite"):
+        convert(phantom_files["mr"], out, options)
+    assert (out / "keep.txt").exists()
+    options.overwrite = True
+    convert(phantom_files["mr"], out, options)
+    assert (out / "sct.nii.gz").exists() and not (out / "keep.txt").exists()
+
+
+def test_modality_contradicting_the_model_is_refused(phantom_files, tiny_mr_model, tmp_path):
+    with pytest.raises(SctconvError, match="converts mr images"):
+        convert(phantom_files["cbct"], tmp_path / "out", ConvertOptions(model=str(tiny_mr_model), modality="cbct"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_modality_guess(phantom):
+    ct, mr, cbct = phantom
+    assert guess_modality(mr) == "mr"
+    assert guess_modality(cbct) == "cbct"
+
+
+def _bad_inputs(tmp_path: Path, phantom) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not an image")
+    nan = tmp_path / "nan.nii.gz"
+    array = sitk.GetArrayFromImage(phantom[1])
+    array[3, 10:20, 10:20] = np.nan
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(phantom[1])
+    sitk.WriteImage(image, str(nan))
+    return {"missing": (tmp_path / "nope.nii.gz", "does not exist"),
+            "not an image": (text, "cannot read"),
+            "NaN": (nan, "NaN")}
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "NaN"])
+def test_bad_input_gives_one_line_and_no_output(case, tmp_path, phantom, tiny_mr_model):
+    path, expected = _bad_inputs(tmp_path, phantom)[case]
+    out = tmp_path / "out"
+    result = run_cli("convert", str(path), str(out), "--model", str(tiny_mr_model))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) <= 2 and "Traceback" not in result.stderr  # rich may wrap one long line
+    assert expected in result.stderr.replace("\n", " ")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_unknown_model_gives_one_line_and_no_output(phantom_files, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("convert", str(phantom_files["mr"]), str(out), "--model", "no-such-model")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown model" in result.stderr
+    assert not out.exists()
+
+
+def test_unreadable_weights_are_refused(phantom_files, tiny_mr_model, tmp_path):
+    (tiny_mr_model / "model.safetensors").write_bytes(b"\x00" * 64)
+    result = run_cli("convert", str(phantom_files["mr"]), str(tmp_path / "out"), "--model", str(tiny_mr_model))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "cannot read weights" in result.stderr.replace("\n", " ")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sctconv.errors import SctconvError
+from sctconv.model import load_model
+from sctconv.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device,
+                             sliding_window, window_starts)
+
+
+class Identity:
+    name, device = "identity", "cpu"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return batch.copy()
+
+
+class WindowCounter:
+    """Returns ones: the blended result must be exactly one everywhere."""
+
+    name, device = "ones", "cpu"
+    calls = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += batch.shape[0]
+        return np.ones_like(batch)
+
+
+def test_window_starts_cover_the_axis_with_the_paper_step():
+    for length in (16, 17, 50, 129, 400):
+        starts = window_starts(length, 16, 0.3)
+        assert starts[0] == 0 and starts[-1] == max(0, length - 16)
+        gaps = np.diff(starts)
+        assert (gaps <= 16 * 0.3 + 1).all()
+    assert window_starts(100, 40, 0.3) == [0, 12, 24, 36, 48, 60]  # ceil(60/12)+1 = 6 windows
+    assert window_starts(10, 16, 0.3) == [0]
+
+
+@pytest.mark.parametrize("blend", ["mean", "gaussian"])
+def test_blending_is_a_weighted_mean(blend):
+    volume = np.random.default_rng(0).normal(size=(21, 37, 30)).astype(np.float32)
+    out = sliding_window(volume, Identity(), (8, 16, 16), step=0.3, blend=blend, batch_size=3)
+    assert out.shape == volume.shape
+    np.testing.assert_allclose(out, volume, atol=1e-5)
+    counter = WindowCounter()
+    ones = sliding_window(volume, counter, (8, 16, 16), step=0.5, blend=blend)
+    np.testing.assert_allclose(ones, 1.0, atol=1e-6)
+    assert counter.calls == 5 * 4 * 3  # ceil((21-8)/4)+1, ceil((37-16)/8)+1, ceil((30-16)/8)+1
+
+
+def test_small_volumes_are_padded_and_cropped_back():
+    volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    out = sliding_window(volume, Identity(), (8, 16, 16))
+    np.testing.assert_array_equal(out, volume)
+
+
+def test_bad_step_and_blend_are_refused():
+    with pytest.raises(SctconvError):
+        sliding_window(np.zeros((8, 8, 8), np.float32), Identity(), (8, 8, 8), step=0)
+    with pytest.raises(SctconvError):
+        sliding_window(np.zeros((8, 8, 8), np.float32), Identity(), (8, 8, 8), blend="median")
+
+
+def test_gaussian_weights_peak_in_the_centre_and_have_no_zeros():
+    w = gaussian_weights((8, 16, 16))
+    assert w.max() == pytest.approx(1.0) and w.min() > 0
+    assert w[4, 8, 8] > w[0, 0, 0]
+
+
+def test_onnx_export_matches_torch(tiny_mr_model: Path, tmp_path: Path):
+    model = load_model(tiny_mr_model)
+    path = tmp_path / "model.onnx"
+    export_onnx(model.network, model.card.patch_size, path)
+    volume = np.random.default_rng(1).normal(size=(20, 40, 45)).astype(np.float32)
+    a = sliding_window(volume, TorchBackend(model.network, "cpu"), model.card.patch_size, batch_size=2)
+    b = sliding_window(volume, OnnxBackend(path, "cpu"), model.card.patch_size, batch_size=3)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SctconvError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SctconvError, match="no CUDA GPU"):
+            resolve_device("cuda")
