@@ -78,14 +78,20 @@ def _progress() -> Progress:
 @app.command()
 @user_errors
 def convert(
-    input: Annotated[Path, typer.Argument(help="MRI or CBCT: NIfTI, MHA/MHD, NRRD, or a DICOM folder/file/zip.")],
+    input: Annotated[Path, typer.Argument(help="MRI or CBCT: NIfTI, MHA/MHD, NRRD, a DICOM folder or zip, or one "
+                                               "DICOM file (its series is read from its folder).")],
     output: Annotated[Path, typer.Argument(help="Output folder (created; must not exist unless --overwrite).")],
     modality: Annotated[Optional[str], typer.Option(help="mr or cbct (default: DICOM Modality, else the model, "
                                                          "else guessed).")] = None,
     region: Annotated[Optional[str], typer.Option(help="head-neck, thorax, abdomen (or HN, TH, AB).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Shipped model name or model folder.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Body mask (default: computed).")] = None,
-    series: Annotated[Optional[str], typer.Option(help="DICOM series UID or number when a folder holds several.")] = None,
+    series: Annotated[Optional[str], typer.Option(help="DICOM series UID or number when a folder (the input's, "
+                                                       "else --like's) holds several.")] = None,
+    allow_uneven: Annotated[bool, typer.Option(help="Resample a DICOM series with missing slices or uneven spacing "
+                                                    "onto a regular grid instead of refusing it.")] = False,
+    like: Annotated[Optional[Path], typer.Option(help="DICOM series (folder, zip or file) whose patient, study and "
+                                                      "Frame of Reference a non-DICOM input's sCT joins.")] = None,
     step: Annotated[float, typer.Option(help="Window step as a fraction of the patch size.")] = 0.3,
     blend: Annotated[str, typer.Option(help="mean (the paper's) or gaussian.")] = "mean",
     batch_size: Annotated[int, typer.Option(help="Windows per network call.")] = 2,
@@ -94,6 +100,11 @@ def convert(
     image_format: Annotated[str, typer.Option("--format", help="sct image format: nii.gz or mha.")] = "nii.gz",
     dicom: Annotated[bool, typer.Option("--dicom/--no-dicom", help="Write the sCT DICOM series.")] = True,
     series_description: Annotated[Optional[str], typer.Option(help="DICOM SeriesDescription (default 'sCT <model>').")] = None,
+    series_number: Annotated[Optional[int], typer.Option(min=0, max=2**31 - 1, help="DICOM SeriesNumber (default: "
+                                                         "the source's + 1000).")] = None,
+    manufacturer: Annotated[str, typer.Option(help="DICOM Manufacturer of the sCT series.")] = "sctconv",
+    institution_name: Annotated[Optional[str], typer.Option(help="DICOM InstitutionName (default: the source's).")] = None,
+    kvp: Annotated[Optional[float], typer.Option(min=0, help="DICOM KVP to write (default: empty).")] = None,
     patient_id: Annotated[Optional[str], typer.Option(help="PatientID for a non-DICOM input.")] = None,
     patient_name: Annotated[Optional[str], typer.Option(help="PatientName for a non-DICOM input.")] = None,
     synthetic_data_tag: Annotated[bool, typer.Option(help="Write SyntheticData (0008,001C) = YES.")] = False,
@@ -109,9 +120,11 @@ def convert(
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
-        overwrite=overwrite,
+        overwrite=overwrite, allow_uneven=allow_uneven, like=like,
         series_options=SeriesOptions(series_description=series_description or "", patient_id=patient_id,
-                                     patient_name=patient_name, synthetic_data=synthetic_data_tag))
+                                     patient_name=patient_name, synthetic_data=synthetic_data_tag,
+                                     series_number=series_number, manufacturer=manufacturer,
+                                     institution_name=institution_name, kvp=None if kvp is None else str(kvp)))
     with _progress() as progress:
         report = run_convert(input, output, options, None if quiet else progress)
     hu = report["hu_in_body"]
@@ -179,6 +192,56 @@ def export(
 
 @app.command()
 @user_errors
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="sCT image, or a folder of predictions: <case>/sct.* (convert "
+                                              "outputs) or <case>.mha / <case>.nii.gz.")],
+    gt: Annotated[Path, typer.Argument(help="CT image, or a folder of cases <case>/ct.* (+ mask.*), the "
+                                            "SynthRAD2025 layout.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Body mask; with folders, a folder of <case>.* or "
+                                                      "<case>/mask.* (default: the case's mask.*, else the CT's "
+                                                      "body, HU > -500).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout (null: not finite).")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write the per-case metrics to this CSV.")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option(help="Segmentation model folder (a teacher) for Dice and "
+                                                           "HD95 per structure.")] = None,
+    device: Annotated[str, typer.Option(help="Segmentation device: auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Score sCTs against CTs as SynthRAD2025 does: MAE, PSNR, MS-SSIM (Dice and HD95 with --segmenter)."""
+    from sctconv.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, evaluate_files, evaluate_folders, json_safe,
+                                  load_segmenter, summarize, write_csv)
+
+    model = load_segmenter(segmenter, device) if segmenter else None
+    folders = pred.is_dir() and gt.is_dir()
+    if folders:
+        with _progress() as progress:
+            rows = evaluate_folders(pred, gt, mask, model, progress)
+        summary = summarize(rows)
+        result = {"cases": rows, "summary": summary}
+    else:
+        result = evaluate_files(pred, gt, mask, model)
+        rows = [{"case": pred.name, **result}]
+    if csv_file:
+        write_csv(rows, csv_file)
+    if as_json:
+        print(json.dumps(json_safe(result), allow_nan=False))
+        return
+    metrics = [metric for metric in SUMMARY_METRICS if metric in rows[0]]
+    table = Table("case", *metrics, *(["missed structures"] if model else []))
+    for row in rows:
+        missed = [", ".join(map(str, row["missing_classes"]))] if model else []
+        table.add_row(row["case"], *(f"{row[metric]:.4g}" for metric in metrics), *missed)
+    stdout.print(table)
+    if folders:
+        table = Table("", *metrics, title="summary")
+        for stat in SUMMARY_STATS:
+            table.add_row(stat, *(f"{summary[metric][stat]:.4g}" for metric in metrics))
+        stdout.print(table)
+    if csv_file:
+        console.print(f"per-case metrics written to {csv_file}")
+
+
+@app.command()
+@user_errors
 def simulate(
     ct: Annotated[Path, typer.Argument(help="A real CT in HU (NIfTI, MHA, NRRD or DICOM).")],
     output: Annotated[Path, typer.Argument(help="Output case folder: <modality>.mha, ct.mha, mask.mha.")],
@@ -198,30 +261,67 @@ def simulate(
 @user_errors
 def train_command(
     data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.* (SynthRAD2025 layout too).")],
-    output: Annotated[Path, typer.Option(help="Model folder to write (checkpoints, curves, weights, card).")],
+    output: Annotated[Path, typer.Option(help="Model folder to write (checkpoints, curves, weights, card); "
+                                              "an existing checkpoint there is resumed.")],
     modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
     region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several.")] = ["thorax"],
+    stage: Annotated[str, typer.Option(help="l1 (stage 1) or afp (stage 2: fine-tune --init with --teacher).")] = "l1",
+    init: Annotated[Optional[Path], typer.Option(help="afp: the stage-1 model folder to fine-tune.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="afp: the CT segmentation model folder.")] = None,
+    afp_l1_weight: Annotated[float, typer.Option(help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
     preset: Annotated[str, typer.Option(help="small (CPU) or paper (~122 M parameters).")] = "small",
     val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs (paper: 1000-1500 for l1, 500 for afp).")] = 1000,
     iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
     batch_size: Annotated[Optional[int], typer.Option(help="Patches per step (default: the preset's).")] = None,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (poly decay).")] = 1e-2,
+    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate, poly decay (default 1e-2; afp 1e-3).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache (default: <output>/cache).")] = None,
 ) -> None:
-    """Train a synthesis model (stage 1 of the paper: L1 loss, SGD, poly learning rate)."""
-    from sctconv.model import MODALITIES, canonical_region
-    from sctconv.train import TrainConfig, train
+    """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper."""
+    from sctconv.model import MODALITIES
 
     if modality not in MODALITIES:
         raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
-    config = TrainConfig(data=data, out=output, modality=modality, name=name or output.name,
-                         regions=[canonical_region(r) for r in region], preset=preset, val_data=val_data,
-                         epochs=epochs, iterations=iterations, batch_size=batch_size, initial_lr=lr,
-                         val_every=val_every, seed=seed, device=device, cache=cache)
-    folder = train(config, console)
+    if stage not in ("l1", "afp"):
+        raise SctconvError(f"--stage must be l1 or afp, not {stage!r} (teachers: sctconv train-teacher)")
+    _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
+                  stage=stage, preset=preset, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
+                  val_data=val_data, epochs=epochs, iterations=iterations, batch_size=batch_size,
+                  initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
+                  seed=seed, device=device, cache=cache)
+
+
+@app.command("train-teacher")
+@user_errors
+def train_teacher_command(
+    data: Annotated[Path, typer.Option(help="Cases with ct.* (and optional mask.*, labels.* grouped as "
+                                            "sctconv.teacher.GROUPS); HU tissue classes when no labels.")],
+    output: Annotated[Path, typer.Option(help="Model folder to write.")],
+    region: Annotated[list[str], typer.Option(help="Region(s); repeat for several.")] = ["thorax"],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
+    preset: Annotated[str, typer.Option(help="small or paper.")] = "small",
+    val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 300,
+    iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
+    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-2,
+    val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache.")] = None,
+) -> None:
+    """Train a compact CT segmentation network: the AFP teacher and the evaluation segmenter."""
+    _run_training(data=data, out=output, modality="ct", name=name or output.name, region=region, stage="teacher",
+                  preset=preset, val_data=val_data, epochs=epochs, iterations=iterations, initial_lr=lr,
+                  val_every=val_every, seed=seed, device=device, cache=cache)
+
+
+def _run_training(region: list[str], **settings) -> None:
+    from sctconv.model import canonical_region
+    from sctconv.train import TrainConfig, train
+
+    folder = train(TrainConfig(regions=[canonical_region(r) for r in region], **settings), console)
     console.print(f"[green]model written to {folder}[/]")

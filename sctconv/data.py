@@ -20,9 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.io import read_mask, read_volume
+from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
 from sctconv.model import Normalization
+from sctconv.teacher import tissue_labels
 from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, normalize, to_model_grid
 
 IMAGE_PATTERNS = ("{}.mha", "{}.nii.gz", "{}.nii", "{}.nrrd", "{}.mhd")
@@ -36,6 +37,7 @@ class Case:
     input: Path
     ct: Path
     mask: Path | None
+    labels: Path | None = None
 
 
 @dataclass
@@ -65,13 +67,13 @@ def discover_cases(root: Path, modality: str) -> list[Case]:
     """All case folders under ``root`` that hold an input of ``modality`` and a CT."""
     if not root.is_dir():
         raise SctconvError(f"data folder {root} does not exist")
-    stems = ("mr", "input") if modality == "mr" else ("cbct", "input")
+    stems = {"mr": ("mr", "input"), "cbct": ("cbct", "input"), "ct": ("ct",)}[modality]
     cases = []
     for folder in sorted({p.parent for p in root.rglob("ct.*")}):
         source, ct = _find(folder, stems), _find(folder, ("ct",))
         if source and ct:
             cases.append(Case(folder.relative_to(root).as_posix() or folder.name, source, ct,
-                              _find(folder, ("mask",))))
+                              _find(folder, ("mask",)), _find(folder, ("labels",))))
     if not cases:
         raise SctconvError(f"no paired {modality} cases under {root} (expected <case>/{stems[0]}.mha and "
                            "<case>/ct.mha, or <case>/input.* and <case>/ct.*)")
@@ -111,10 +113,16 @@ def fingerprint(cases: list[Case], modality: str) -> dict:
 
 
 def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, float],
-                    input_norm: Normalization, target_norm: Normalization, cache: Path) -> CaseArrays:
-    """Resample and normalize one case as inference does, cached as .npz keyed by all settings."""
-    key = json.dumps([str(case.input.resolve()), str(case.ct.resolve()), str(case.mask), modality, spacing,
-                      input_norm.__dict__, target_norm.__dict__], sort_keys=True, default=str)
+                    input_norm: Normalization, target_norm: Normalization, cache: Path,
+                    segmentation: bool = False) -> CaseArrays:
+    """Resample and normalize one case as inference does, cached as .npz keyed by all settings.
+
+    For synthesis the target ``y`` is the normalized CT; for ``segmentation`` (a teacher) it is the
+    case's label map, or HU tissue classes of the CT when the case has none.
+    """
+    key = json.dumps([str(case.input.resolve()), str(case.ct.resolve()), str(case.mask), str(case.labels),
+                      modality, spacing, input_norm.__dict__, target_norm.__dict__, segmentation],
+                     sort_keys=True, default=str)
     path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -123,12 +131,19 @@ def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, floa
     grid = to_model_grid(image, spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
     x = normalize(sitk.GetArrayViewFromImage(grid), m, input_norm)
-    y = normalize(sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN)), m, target_norm)
+    ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))
+    if not segmentation:
+        y = normalize(ct_grid, m, target_norm).astype(np.float32)
+    elif case.labels:
+        labels = to_model_grid(read_label_map(case.labels, ct), spacing, sitk.sitkNearestNeighbor)
+        y = sitk.GetArrayFromImage(labels).astype(np.uint8)
+    else:
+        y = tissue_labels(ct_grid, m)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise SctconvError(f"case {case.name}: non-finite values after preprocessing")
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32), mask=m)
-    return CaseArrays(case.name, x.astype(np.float32), y.astype(np.float32), m)
+    np.savez(path, x=x.astype(np.float32), y=y, mask=m)
+    return CaseArrays(case.name, x.astype(np.float32), y, m)
 
 
 def sample_patch(case: CaseArrays, patch: tuple[int, int, int], rng: np.random.Generator,

@@ -7,7 +7,9 @@ Rules (see docs/reference ``dicom-output.md`` §1.2 and §2.7):
   Columns); localizers and minority stacks are dropped with a logged warning.
 * Slices are sorted by their position along the slice normal ``cross(row_cosine, col_cosine)``,
   never by InstanceNumber or z. Gaps, uneven spacing (> 1 %), duplicate positions and gantry tilt
-  are refused with a message that names the problem.
+  are refused with a message that names the problem; with ``allow_uneven`` gaps and uneven
+  spacing are resampled instead (linearly along the normal, onto the most common step).
+* A single file stands for its series: the series it belongs to is read from its folder.
 * The image is built from numpy with origin = IPP of the first sorted slice, direction columns =
   (row cosine, column cosine, normal) and spacing = (column spacing, row spacing, slice step), so
   that sitk index (i, j, k) is column i, row j, slice k.
@@ -39,10 +41,12 @@ from sctconv.errors import SctconvError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Resampling",
     "SeriesSummary",
     "SourceSeries",
     "list_series",
     "read_dicom_series",
+    "read_series_header",
     "is_dicom_path",
 ]
 
@@ -87,17 +91,32 @@ class SeriesSummary:
 
 
 @dataclass
+class Resampling:
+    """How an irregular slice stack was put onto a regular grid (``allow_uneven``)."""
+
+    reason: str  # the irregularity, as the refusal would have named it
+    original_slice_positions: int
+    slices: int
+    step_mm: float
+
+
+@dataclass
 class SourceSeries:
     """A source image series, ready for conversion."""
 
     image: sitk.Image  # float32 values after Rescale Slope/Intercept
-    datasets: list[Dataset]  # headers without pixel data, index k = image slice k (array axis 0)
+    # Headers without pixel data in slice order; index k = image slice k (array axis 0) unless
+    # the stack was resampled (then see slice_sources).
+    datasets: list[Dataset]
     modality: str
     series_instance_uid: str
     description: str
-    # For enhanced multi-frame sources: the 1-based frame number of slice k in datasets[k]'s
-    # file (for SourceImageSequence > ReferencedFrameNumber); None for single-frame images.
+    # For enhanced multi-frame sources: the 1-based frame number of datasets[k] in its file
+    # (for SourceImageSequence > ReferencedFrameNumber); None for single-frame images.
     frame_numbers: list[int | None] | None = None
+    resampled: Resampling | None = None  # set when the image is not on the slices' own grid
+    # For a resampled image: the indices into datasets that slice k was interpolated from.
+    slice_sources: list[tuple[int, ...]] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +142,10 @@ def is_dicom_path(path: Path) -> bool:
     return _has_dicm_preamble(path)
 
 
+def _is_zip(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".zip" and zipfile.is_zipfile(path)
+
+
 def _has_dicm_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -132,7 +155,12 @@ def _has_dicm_preamble(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _file_source(path: Path) -> _Source:
+    return _Source(str(path), lambda: open(path, "rb"))
+
+
 def _iter_sources(path: Path) -> Iterator[_Source]:
+    """Every file of a folder (recursively) or zip; for another file, every file of its folder."""
     path = Path(path)
     if not path.exists():
         raise SctconvError(f"input {path} does not exist")
@@ -140,10 +168,9 @@ def _iter_sources(path: Path) -> Iterator[_Source]:
         for root, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(files):
-                full = Path(root) / name
-                yield _Source(str(full), lambda full=full: open(full, "rb"))
+                yield _file_source(Path(root) / name)
         return
-    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+    if _is_zip(path):
         try:
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -156,7 +183,9 @@ def _iter_sources(path: Path) -> Iterator[_Source]:
                 lambda info=info: io.BytesIO(archive.read(info)),
             )
         return
-    yield _Source(str(path), lambda: open(path, "rb"))
+    for sibling in sorted(path.parent.iterdir()):
+        if sibling.is_file():
+            yield _file_source(sibling)
 
 
 def _read_header(src: _Source) -> Dataset | None:
@@ -557,7 +586,7 @@ def _split_series(uid: str, entries: list[_Entry]) -> list[_Stack]:
 
 
 def list_series(path: Path) -> list[SeriesSummary]:
-    """Image series found under ``path`` (a folder, searched recursively; a file; or a .zip)."""
+    """Image series under ``path``: a folder (searched recursively), a .zip, or a file's folder."""
     stacks = _scan(Path(path))
     summaries = [s.summary() for s in stacks]
     summaries.sort(key=lambda s: (s.series_number is None, s.series_number or 0,
@@ -565,18 +594,45 @@ def list_series(path: Path) -> list[SeriesSummary]:
     return summaries
 
 
-def read_dicom_series(path: Path, series: str | None = None) -> SourceSeries:
+def read_dicom_series(path: Path, series: str | None = None,
+                      allow_uneven: bool = False) -> SourceSeries:
     """Read one image series under ``path`` into a float32 SimpleITK image.
 
     ``series`` is a SeriesInstanceUID or a SeriesNumber (as a string); None picks the only image
-    series, else the only MR series, else the only CT series.
+    series, else the only MR series, else the only CT series. A single file picks its own series
+    (read from the file's folder). ``allow_uneven`` resamples a stack with gaps or uneven
+    spacing onto a regular grid instead of refusing it.
     """
-    path = Path(path)
+    return _load_stack(_find_stack(Path(path), series), allow_uneven)
+
+
+def read_series_header(path: Path, series: str | None = None) -> Dataset:
+    """The header (no pixel data) of one image series under ``path``, picked as by
+    :func:`read_dicom_series` but without reading pixels or checking the slice grid."""
+    return _find_stack(Path(path), series).first
+
+
+def _find_stack(path: Path, series: str | None) -> _Stack:
+    if path.is_file() and not _is_zip(path):
+        series = _series_of_file(path, series)
     stacks = _scan(path)
     if not stacks:
         raise SctconvError(f"no DICOM image series found in {path}")
-    stack = _select(stacks, series, path)
-    return _load_stack(stack)
+    return _select(stacks, series, path)
+
+
+def _series_of_file(path: Path, series: str | None) -> str:
+    """The SeriesInstanceUID of the image file ``path`` (which names its own series)."""
+    header = _read_header(_file_source(path))
+    if header is None or not _is_image(header):
+        kind = f" (it is a {header.get('Modality', '') or 'non-image'} object)" if header else ""
+        raise SctconvError(f"no DICOM image series found in {path}{kind}")
+    if series is not None:
+        raise SctconvError(
+            f"--series picks a series in a folder or zip, but {path} is a single file of its "
+            "own series; give its folder to choose another series"
+        )
+    return str(header.get("SeriesInstanceUID", "") or "")
 
 
 def _select(stacks: list[_Stack], series: str | None, path: Path) -> _Stack:
@@ -623,7 +679,7 @@ def _single_stack(stacks: list[_Stack]) -> _Stack:
     return stacks[0]
 
 
-def _load_stack(stack: _Stack) -> SourceSeries:
+def _load_stack(stack: _Stack, allow_uneven: bool) -> SourceSeries:
     label = stack.uid or "(no SeriesInstanceUID)"
     entries = stack.entries
     if stack.problem:
@@ -639,10 +695,29 @@ def _load_stack(stack: _Stack) -> SourceSeries:
     entries = [entries[i] for i in order]
     positions = positions[order]
 
-    step = _slice_step(entries, positions, n, label)
+    irregular = None
+    if len(entries) == 1:
+        step = _single_slice_step(entries[0], label)
+    else:
+        _check_stacking(entries, positions, n, label)
+        irregular = _irregularity(positions, label)
+        if irregular and not allow_uneven:
+            raise SctconvError(
+                f"{irregular}; pass --allow-uneven to resample it onto a regular grid"
+            )
+        step = _most_common_step(np.diff(positions)) if irregular else float(
+            (positions[-1] - positions[0]) / (len(positions) - 1))
     spacing_rc = entries[0].pixel_spacing  # (row spacing, column spacing)
 
     array = _pixels(entries, label)
+    resampled = slice_sources = None
+    if irregular:
+        array, slice_sources, resampled = _resample_stack(array, positions, step, irregular)
+        log.warning(
+            "%s; resampled its %d slices linearly along the slice normal onto a regular grid of "
+            "%d slices %s mm apart (--allow-uneven)",
+            irregular, len(entries), resampled.slices, _fmt_mm(step),
+        )
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((float(spacing_rc[1]), float(spacing_rc[0]), float(step)))
     image.SetOrigin(tuple(float(v) for v in entries[0].ipp))
@@ -657,6 +732,8 @@ def _load_stack(stack: _Stack) -> SourceSeries:
         series_instance_uid=stack.uid,
         description=stack.description,
         frame_numbers=frames if any(f is not None for f in frames) else None,
+        resampled=resampled,
+        slice_sources=slice_sources,
     )
 
 
@@ -714,23 +791,24 @@ def _cosines(entry: _Entry, label: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return r, c, n
 
 
-def _slice_step(entries: list[_Entry], positions: np.ndarray, normal: np.ndarray,
-                label: str) -> float:
-    if len(entries) == 1:
-        e = entries[0]
-        for kw in ("SpacingBetweenSlices", "SliceThickness"):
-            value = e.slice_thickness if kw == "SliceThickness" else e.header.get(kw, None)
-            try:
-                step = float(value) if value not in (None, "") else 0.0
-            except (TypeError, ValueError):
-                step = 0.0
-            if step > 0:
-                return step
-        log.warning("series %s has a single slice without SliceThickness; using 1 mm", label)
-        return 1.0
+def _single_slice_step(e: _Entry, label: str) -> float:
+    """The slice thickness of a one-slice series (SpacingBetweenSlices, SliceThickness, or 1 mm)."""
+    for kw in ("SpacingBetweenSlices", "SliceThickness"):
+        value = e.slice_thickness if kw == "SliceThickness" else e.header.get(kw, None)
+        try:
+            step = float(value) if value not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            step = 0.0
+        if step > 0:
+            return step
+    log.warning("series %s has a single slice without SliceThickness; using 1 mm", label)
+    return 1.0
 
+
+def _check_stacking(entries: list[_Entry], positions: np.ndarray, normal: np.ndarray,
+                    label: str) -> None:
+    """Refuse duplicate slice positions and stacks sheared off the slice normal (gantry tilt)."""
     diffs = np.diff(positions)
-    # Duplicate positions (several images at one place).
     dup = np.nonzero(diffs < _DUPLICATE_TOL_MM)[0]
     if dup.size:
         k = int(dup[0])
@@ -747,7 +825,6 @@ def _slice_step(entries: list[_Entry], positions: np.ndarray, normal: np.ndarray
             f"normal{hint}"
         )
 
-    # Gantry tilt / sheared stack: slices must be stacked along the normal.
     p0 = entries[0].ipp
     offsets = np.array([e.ipp - p0 for e in entries])
     along = offsets @ normal
@@ -763,7 +840,10 @@ def _slice_step(entries: list[_Entry], positions: np.ndarray, normal: np.ndarray
             f"at slice {k + 1}); resample it to an orthogonal grid first"
         )
 
-    # Gaps / uneven spacing.
+
+def _irregularity(positions: np.ndarray, label: str) -> str | None:
+    """A message naming the first gap or uneven step between sorted slice positions, or None."""
+    diffs = np.diff(positions)
     dmin = float(np.min(diffs))
     ratios = diffs / dmin
     if np.all(np.abs(ratios - np.round(ratios)) <= _SPACING_REL_TOL * np.round(ratios)):
@@ -771,19 +851,44 @@ def _slice_step(entries: list[_Entry], positions: np.ndarray, normal: np.ndarray
     else:
         expected = float(np.median(diffs))
     bad = np.nonzero(np.abs(diffs - expected) > _SPACING_REL_TOL * expected)[0]
-    if bad.size:
-        k = int(bad[0])
-        multiple = round(float(diffs[k]) / expected)
-        missing = multiple >= 2 and abs(diffs[k] - multiple * expected) <= (
-            _SPACING_REL_TOL * multiple * expected
-        )
-        kind = "a gap" if missing else "uneven slice spacing"
-        more = f" ({bad.size} irregular steps in {len(diffs)})" if bad.size > 1 else ""
-        raise SctconvError(
-            f"series {label} has {kind}: {_fmt_mm(diffs[k])} mm between slices {k + 1} and "
-            f"{k + 2} where {_fmt_mm(expected)} mm is expected{more}"
-        )
-    return float((positions[-1] - positions[0]) / (len(positions) - 1))
+    if not bad.size:
+        return None
+    k = int(bad[0])
+    multiple = round(float(diffs[k]) / expected)
+    missing = multiple >= 2 and abs(diffs[k] - multiple * expected) <= (
+        _SPACING_REL_TOL * multiple * expected
+    )
+    kind = "a gap" if missing else "uneven slice spacing"
+    more = f" ({bad.size} irregular steps in {len(diffs)})" if bad.size > 1 else ""
+    return (
+        f"series {label} has {kind}: {_fmt_mm(diffs[k])} mm between slices {k + 1} and "
+        f"{k + 2} where {_fmt_mm(expected)} mm is expected{more}"
+    )
+
+
+def _most_common_step(diffs: np.ndarray) -> float:
+    """The most frequent step (to 0.01 mm; the smallest on a tie), averaged over its members."""
+    values, counts = np.unique(np.round(diffs, 2), return_counts=True)
+    mode = float(values[int(np.argmax(counts))])
+    return float(np.mean(diffs[np.abs(diffs - mode) <= _SPACING_REL_TOL * mode]))
+
+
+def _resample_stack(array: np.ndarray, positions: np.ndarray, step: float, reason: str
+                    ) -> tuple[np.ndarray, list[tuple[int, ...]], Resampling]:
+    """Slices at ``positions`` (sorted, mm along the normal) interpolated linearly onto the
+    regular positions ``positions[0] + k * step`` that lie within the stack; also the indices
+    of the original slices that each new slice is made of."""
+    count = int(np.floor((positions[-1] - positions[0]) / step + _SPACING_REL_TOL)) + 1
+    targets = positions[0] + step * np.arange(count)
+    upper = np.clip(np.searchsorted(positions, targets, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    weight = (targets - positions[lower]) / (positions[upper] - positions[lower])
+    weight = np.clip(weight, 0.0, 1.0)[:, None, None]
+    out = ((1.0 - weight) * array[lower] + weight * array[upper]).astype(np.float32)
+    sources = [tuple(int(i) for i, w in ((lo, 1.0 - wk), (up, wk)) if w > 0)
+               for lo, up, wk in zip(lower, upper, weight.ravel())]
+    return out, sources, Resampling(reason=reason, original_slice_positions=len(positions),
+                                    slices=count, step_mm=step)
 
 
 def _pixels(entries: list[_Entry], label: str) -> np.ndarray:

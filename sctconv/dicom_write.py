@@ -190,40 +190,21 @@ def _geometry(sct: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def write_sct_series(
-    sct: sitk.Image, out_dir: Path, source: SourceSeries | None, options: SeriesOptions
+    sct: sitk.Image, out_dir: Path, source: SourceSeries | None, options: SeriesOptions,
+    like: Dataset | None = None,
 ) -> list[Path]:
     """Write ``sct`` (HU) as a CT Image Storage series into ``out_dir``; returns the file paths.
 
     With a DICOM ``source``, ``sct`` must lie on the source grid (same size); Patient, Study and
-    Frame of Reference are copied so that the sCT stays registered to the source images.
+    Frame of Reference are copied so that the sCT stays registered to the source images; each
+    slice references the source images it was made from (and the series), unless the grid moved.
+    Without a source, ``like`` (a header of another series) gives Patient, Study and Frame of
+    Reference.
     """
     out_dir = Path(out_dir)
     r, c, s, spacing, origin = _geometry(sct)
     size = sct.GetSize()
-    if source is not None:
-        src_size = source.image.GetSize()
-        if tuple(src_size) != tuple(size):
-            raise SctconvError(
-                f"the sCT grid {size[0]}x{size[1]}x{size[2]} differs from the source series grid "
-                f"{src_size[0]}x{src_size[1]}x{src_size[2]}"
-            )
-        if len(source.datasets) != size[2]:
-            raise SctconvError(
-                f"the source series has {len(source.datasets)} headers for {size[2]} slices"
-            )
-        same_grid = (
-            np.allclose(sct.GetOrigin(), source.image.GetOrigin(), atol=1e-3)
-            and np.allclose(sct.GetDirection(), source.image.GetDirection(), atol=1e-4)
-            and np.allclose(sct.GetSpacing(), source.image.GetSpacing(), atol=1e-4)
-        )
-        if not same_grid:
-            log.warning(
-                "the sCT grid is not the source grid (same size, other origin/direction/"
-                "spacing); writing it in the source Frame of Reference without per-slice "
-                "SourceImageSequence references"
-            )
-    else:
-        same_grid = False
+    slice_refs = source is not None and _slice_references(sct, source)
 
     hu = sitk.GetArrayFromImage(sct).astype(np.float64)  # (k, j, i)
     hu = np.nan_to_num(hu, nan=float(HU_MIN), posinf=float(HU_MAX), neginf=float(HU_MIN))
@@ -232,7 +213,7 @@ def write_sct_series(
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")[:13]
     series_uid = generate_uid()
-    common = _common_dataset(source, options, date, time, series_uid)
+    common = _common_dataset(source, like, options, date, time, series_uid, slice_refs)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     iop = [format_ds(v) for v in (*r, *c)]
@@ -256,7 +237,7 @@ def write_sct_series(
         ds.SliceThickness = thickness
         ds.SpacingBetweenSlices = thickness
         ds.SliceLocation = format_ds(float(np.dot(ipp, normal)))
-        if source is not None and same_grid:
+        if slice_refs:
             _add_source_reference(ds, source, k)
         # Image Pixel module
         ds.SamplesPerPixel = 1
@@ -288,10 +269,45 @@ def write_sct_series(
     return paths
 
 
-def _common_dataset(source: SourceSeries | None, options: SeriesOptions, date: str, time: str,
-                    series_uid: str) -> Dataset:
-    """Attributes shared by every slice of the sCT series."""
-    src = source.datasets[0] if source is not None else None
+def _slice_references(sct: sitk.Image, source: SourceSeries) -> bool:
+    """Whether sCT slice k can reference the source images of source slice k.
+
+    A grid of another size is refused; a moved grid (same size) gets no references, with a
+    warning.
+    """
+    size, src_size = sct.GetSize(), source.image.GetSize()
+    if tuple(src_size) != tuple(size):
+        raise SctconvError(
+            f"the sCT grid {size[0]}x{size[1]}x{size[2]} differs from the source series grid "
+            f"{src_size[0]}x{src_size[1]}x{src_size[2]}"
+        )
+    if source.slice_sources is None and len(source.datasets) != size[2]:
+        raise SctconvError(
+            f"the source series has {len(source.datasets)} headers for {size[2]} slices"
+        )
+    same_grid = (
+        np.allclose(sct.GetOrigin(), source.image.GetOrigin(), atol=1e-3)
+        and np.allclose(sct.GetDirection(), source.image.GetDirection(), atol=1e-4)
+        and np.allclose(sct.GetSpacing(), source.image.GetSpacing(), atol=1e-4)
+    )
+    if not same_grid:
+        log.warning(
+            "the sCT grid is not the source grid (same size, other origin/direction/"
+            "spacing); writing it in the source Frame of Reference without references to "
+            "the source images"
+        )
+    return same_grid
+
+
+def _common_dataset(source: SourceSeries | None, like: Dataset | None, options: SeriesOptions,
+                    date: str, time: str, series_uid: str, slice_refs: bool) -> Dataset:
+    """Attributes shared by every slice of the sCT series.
+
+    Patient, Study, Frame of Reference and position come from the source series, else from
+    ``like``; the acquisition equipment only from a source series; the ReferencedSeriesSequence
+    only with per-slice references (``slice_refs``), which its condition (Type 1C) requires.
+    """
+    src = source.datasets[0] if source is not None else like
     ds = Dataset()
 
     # --- SOP Common
@@ -417,10 +433,11 @@ def _common_dataset(source: SourceSeries | None, options: SeriesOptions, date: s
     ds.WindowCenterWidthExplanation = "SOFT TISSUE"
 
     # --- Contributing equipment: the source scanner and sctconv
-    ds.ContributingEquipmentSequence = _contributing_equipment(src, options, date, time)
+    scanner = source.datasets[0] if source is not None else None
+    ds.ContributingEquipmentSequence = _contributing_equipment(scanner, options, date, time)
 
     # --- Common Instance Reference: the source series
-    if source is not None and source.series_instance_uid:
+    if slice_refs and source.series_instance_uid:
         ref_series = Dataset()
         ref_series.SeriesInstanceUID = source.series_instance_uid
         seen: set[str] = set()
@@ -442,21 +459,27 @@ def _common_dataset(source: SourceSeries | None, options: SeriesOptions, date: s
 
 
 def _add_source_reference(ds: Dataset, source: SourceSeries, k: int) -> None:
-    header = source.datasets[k]
-    uid = str(header.get("SOPInstanceUID", "") or "")
-    cls = str(header.get("SOPClassUID", "") or "")
-    if not uid or not cls:
-        return
-    item = Dataset()
-    item.ReferencedSOPClassUID = cls
-    item.ReferencedSOPInstanceUID = uid
-    frames = source.frame_numbers
-    if frames is not None and frames[k] is not None:
-        item.ReferencedFrameNumber = str(frames[k])
-    item.PurposeOfReferenceCodeSequence = Sequence(
-        [_code_item("121322", "DCM", "Source image for image processing operation")]
-    )
-    ds.SourceImageSequence = Sequence([item])
+    """SourceImageSequence: the source image(s) that sCT slice ``k`` was computed from."""
+    indices = source.slice_sources[k] if source.slice_sources is not None else (k,)
+    items = Sequence()
+    for i in indices:
+        header = source.datasets[i]
+        uid = str(header.get("SOPInstanceUID", "") or "")
+        cls = str(header.get("SOPClassUID", "") or "")
+        if not uid or not cls:
+            continue
+        item = Dataset()
+        item.ReferencedSOPClassUID = cls
+        item.ReferencedSOPInstanceUID = uid
+        frames = source.frame_numbers
+        if frames is not None and frames[i] is not None:
+            item.ReferencedFrameNumber = str(frames[i])
+        item.PurposeOfReferenceCodeSequence = Sequence(
+            [_code_item("121322", "DCM", "Source image for image processing operation")]
+        )
+        items.append(item)
+    if items:
+        ds.SourceImageSequence = items
 
 
 def _contributing_equipment(src: Dataset | None, options: SeriesOptions, date: str,

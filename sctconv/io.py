@@ -28,12 +28,15 @@ class InputVolume:
         return self.source.modality if self.source else None
 
 
-def read_volume(path: Path, series: str | None = None) -> InputVolume:
-    """Read a 3D scalar volume from an image file or from a DICOM folder, file or zip."""
+def read_volume(path: Path, series: str | None = None, allow_uneven: bool = False) -> InputVolume:
+    """Read a 3D scalar volume from an image file or from a DICOM folder, file or zip.
+
+    ``series`` and ``allow_uneven`` apply to DICOM input (see :func:`read_dicom_series`).
+    """
     if not path.exists():
         raise SctconvError(f"input {path} does not exist")
     if is_dicom_path(path):
-        source = read_dicom_series(path, series)
+        source = read_dicom_series(path, series, allow_uneven)
         return InputVolume(image=_as_float_volume(source.image, path), path=path, source=source)
     if path.is_dir():
         raise SctconvError(f"input folder {path} holds no DICOM image series")

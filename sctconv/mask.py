@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -16,18 +18,25 @@ def body_mask_from_array(array: np.ndarray, threshold: float) -> np.ndarray:
     airways that touch the outside in 3D but are enclosed in each slice still count as body.
     """
     foreground = array > threshold
-    foreground = ndimage.binary_opening(foreground, iterations=1)
+    foreground = _edge_continued(ndimage.binary_opening, foreground, iterations=1)
     labels, count = ndimage.label(foreground)
     if count == 0:
         return np.zeros(array.shape, dtype=np.uint8)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
-    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = _edge_continued(ndimage.binary_closing, labels == int(np.argmax(sizes)), iterations=2)
     mask = ndimage.binary_fill_holes(mask)
     for k in range(mask.shape[0]):
         mask[k] = ndimage.binary_fill_holes(mask[k])
     return mask.astype(np.uint8)
+
+
+def _edge_continued(operation: Callable[..., np.ndarray], mask: np.ndarray, iterations: int) -> np.ndarray:
+    """A scipy binary opening/closing with the volume's edges continued outward, so that a body cut
+    by the field of view keeps its edge slices (scipy erodes them against a zero border)."""
+    padded = np.pad(mask, iterations, mode="edge")
+    result = operation(padded, iterations=iterations)
+    return result[tuple(slice(iterations, -iterations) for _ in range(mask.ndim))]
 
 
 def mr_threshold(array: np.ndarray) -> float:

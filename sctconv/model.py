@@ -64,7 +64,7 @@ class ModelCard:
     """Everything inference needs to run a model, plus where it came from and how good it is."""
 
     name: str
-    modality: str  # input modality: "mr" or "cbct"
+    modality: str  # input modality: "mr" or "cbct" (synthesis), "ct" (segmentation)
     regions: list[str]
     architecture: Architecture
     spacing: tuple[float, float, float]  # mm, (z, y, x)
@@ -73,6 +73,8 @@ class ModelCard:
     target_normalization: Normalization  # CT: always "zscore-dataset"; inverted to get HU
     description: str = ""
     version: str = "1"
+    task: str = "synthesis"  # or "segmentation" (a CT segmentation "teacher")
+    classes: list[str] = field(default_factory=list)  # segmentation: one name per output channel
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -95,6 +97,8 @@ class ModelCard:
                 target_normalization=Normalization(**data["target_normalization"]),
                 description=data.get("description", ""),
                 version=str(data.get("version", "1")),
+                task=data.get("task", "synthesis"),
+                classes=list(data.get("classes", [])),
                 training=data.get("training", {}),
                 metrics=data.get("metrics", {}),
             )
@@ -121,8 +125,13 @@ def read_card(folder: Path) -> ModelCard:
     except (OSError, json.JSONDecodeError) as exc:
         raise SctconvError(f"cannot read model card {path}: {exc}") from None
     card = ModelCard.from_dict(data)
-    if card.modality not in MODALITIES:
+    if card.task == "synthesis" and card.modality not in MODALITIES:
         raise SctconvError(f"model card {path}: modality must be one of {MODALITIES}, not {card.modality!r}")
+    if card.task == "segmentation" and len(card.classes) != card.architecture.out_channels:
+        raise SctconvError(f"model card {path}: {len(card.classes)} class names for "
+                           f"{card.architecture.out_channels} output channels")
+    if card.task not in ("synthesis", "segmentation"):
+        raise SctconvError(f"model card {path}: unknown task {card.task!r}")
     if any(p % d for p, d in zip(card.patch_size, card.architecture.divisor)):
         raise SctconvError(f"model card {path}: patch size {card.patch_size} is not a multiple of {card.architecture.divisor}")
     return card
@@ -178,8 +187,8 @@ def resolve_model(name_or_path: str | None, modality: str, region: str | None,
             return directory / name_or_path
         names = ", ".join(p.name for p, _ in available_models(directory)) or "none"
         raise SctconvError(f"unknown model {name_or_path!r}: not a model folder, and not a shipped model ({names})")
-    candidates = [p for p, c in available_models(directory)
-                  if c.modality == modality and (region is None or region in c.regions)]
+    candidates = [p for p, c in available_models(directory) if c.task == "synthesis"
+                  and c.modality == modality and (region is None or region in c.regions)]
     if not candidates:
         where = f" and region {region}" if region else ""
         raise SctconvError(f"no shipped model for modality {modality}{where}; train one or pass --model")

@@ -10,14 +10,16 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 from rich.progress import Progress
 
 from sctconv import __version__
+from sctconv.dicom_read import is_dicom_path, read_series_header
 from sctconv.dicom_write import SeriesOptions, write_sct_series
 from sctconv.errors import SctconvError
 from sctconv.io import InputVolume, read_mask, read_volume, write_image
@@ -39,7 +41,9 @@ class ConvertOptions:
     region: str | None = None
     model: str | None = None  # shipped model name or model folder
     mask: Path | None = None
-    series: str | None = None  # DICOM series UID or number
+    series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
+    allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
+    like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
     step: float = 0.3
     blend: str = "mean"
     batch_size: int = 2
@@ -85,7 +89,7 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
-    y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress)
+    y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress)[0]
     hu = sitk.GetImageFromArray(denormalize_ct(y, card.target_normalization))
     hu.CopyInformation(grid)
     sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
@@ -93,6 +97,30 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     out = sitk.GetImageFromArray(np.clip(sct, HU_MIN, 3071.0).astype(np.float32))
     out.CopyInformation(image)
     return out
+
+
+def read_like(input_path: Path, options: ConvertOptions) -> Dataset | None:
+    """The header of the `--like` series that a non-DICOM input's sCT joins (patient, study and
+    Frame of Reference), or None without `--like`; contradictory options are errors."""
+    if options.like is None:
+        return None
+    if is_dicom_path(input_path):
+        raise SctconvError("--like is for a non-DICOM input; a DICOM input already gives the sCT its "
+                           "patient, study and Frame of Reference")
+    if options.series_options.patient_id or options.series_options.patient_name:
+        raise SctconvError("--patient-id/--patient-name make a new patient; with --like the sCT takes the "
+                           "patient of the --like series")
+    header = read_series_header(options.like, options.series)
+    if not str(header.get("FrameOfReferenceUID", "") or ""):
+        raise SctconvError(f"the --like series {header.get('SeriesInstanceUID', '')} in {options.like} has no "
+                           "FrameOfReferenceUID to attach the sCT to")
+    return header
+
+
+def describe_like(path: Path, header: Dataset) -> dict:
+    """The report's record of the `--like` series."""
+    return {"path": str(path), "series": str(header.get("SeriesInstanceUID", "")),
+            "study": str(header.get("StudyInstanceUID", "")), "frame_of_reference": str(header.FrameOfReferenceUID)}
 
 
 def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tuple[Backend, str | None]:
@@ -163,12 +191,15 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
         timings[stage] = round(now - clock, 3)
         clock = now
 
-    volume = read_volume(input_path, options.series)
+    like = read_like(input_path, options)
+    volume = read_volume(input_path, options.series, options.allow_uneven)
     check_finite(volume.image, f"input {input_path}")
     region = canonical_region(options.region) if options.region else None
     model = load_model(resolve_model(options.model, "", None)) if options.model else None
     modality, modality_source = choose_modality(volume, options.modality, model.card if model else None)
     model = model or load_model(resolve_model(None, modality, region))
+    if model.card.task != "synthesis":
+        raise SctconvError(f"model {model.card.name} is a {model.card.task} model, not a synthesis model")
     if model.card.modality != modality:
         raise SctconvError(f"model {model.card.name} converts {model.card.modality} images, but the input is "
                            f"{modality} ({modality_source})")
@@ -196,7 +227,8 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
         lap("predict")
         staging.joinpath(ONNX_NAME).unlink(missing_ok=True)
         image_name = f"sct.{options.image_format}"
-        write_image(sitk.Cast(sitk.Round(sct), sitk.sitkInt16), staging / image_name)
+        sct = sitk.Round(sct)  # whole HU, so that the image file and the DICOM series hold the same values
+        write_image(sitk.Cast(sct, sitk.sitkInt16), staging / image_name)
         write_image(mask, staging / f"mask.{options.image_format}")
         outputs = [image_name, f"mask.{options.image_format}"]
         if options.dicom:
@@ -206,7 +238,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
                 model_version=options.series_options.model_version or model.card.version,
                 software_version=__version__,
                 series_description=options.series_options.series_description or f"sCT {model.card.name}")
-            files = write_sct_series(sct, staging / "dicom", volume.source, series_options)
+            files = write_sct_series(sct, staging / "dicom", volume.source, series_options, like)
             outputs.append(f"dicom/ ({len(files)} files)")
         if options.preview:
             save_preview(volume.image, sct, mask, staging / "preview.png",
@@ -218,6 +250,9 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
             "disclaimer": "Research tool, not a medical device: verify every sCT before clinical use.",
             "input": {"path": str(input_path), "modality": modality, "modality_source": modality_source,
                       "dicom_series": volume.source.series_instance_uid if volume.source else None,
+                      "resampled": asdict(volume.source.resampled) if volume.source and volume.source.resampled
+                      else None,
+                      "like": describe_like(options.like, like) if like is not None else None,
                       **describe_geometry(volume.image)},
             "model": {"name": model.card.name, "folder": str(model.folder), "version": model.card.version,
                       "regions": model.card.regions, "weights_sha256": sha256(model.folder / WEIGHTS_NAME)},

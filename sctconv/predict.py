@@ -118,7 +118,8 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
                    blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
     """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
 
-    Volumes smaller than the patch are padded with their minimum (air) and cropped back.
+    Returns (C, z, y, x) for a network with C output channels. Volumes smaller than the patch are
+    padded with their minimum (air) and cropped back.
     """
     if not 0 < step <= 1:
         raise SctconvError(f"--step must be in (0, 1], not {step}")
@@ -128,7 +129,7 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
     padded = np.pad(volume, pad, constant_values=float(volume.min())) if any(p[1] for p in pad) else volume
     starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded.shape, patch))))
     weights = gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, dtype=np.float32)
-    total = np.zeros(padded.shape, dtype=np.float32)
+    total: np.ndarray | None = None
     count = np.zeros(padded.shape, dtype=np.float32)
     task = progress.add_task("predicting windows", total=len(starts)) if progress else None
     for first in range(0, len(starts), batch_size):
@@ -136,10 +137,12 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in chunk]
         batch = np.stack([padded[sl] for sl in slices])[:, None].astype(np.float32, copy=False)
         out = backend(np.ascontiguousarray(batch))
-        for sl, pred in zip(slices, out[:, 0]):
-            total[sl] += pred * weights
+        if total is None:
+            total = np.zeros((out.shape[1], *padded.shape), dtype=np.float32)
+        for sl, pred in zip(slices, out):
+            total[(slice(None), *sl)] += pred * weights
             count[sl] += weights
         if progress is not None:
             progress.advance(task, len(chunk))
     result = total / count
-    return result[tuple(slice(0, s) for s in volume.shape)]
+    return result[(slice(None), *(slice(0, s) for s in volume.shape))]

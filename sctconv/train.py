@@ -1,10 +1,20 @@
-"""Training a synthesis model, read top to bottom: data, model, optimizer, loop, checkpoint, export.
+"""Training, read top to bottom: data, model, optimizer, loop, checkpoint, model folder.
 
-Stage 1 of the paper: L1 loss between the network's output and the CT (both in the CT dataset's
-z-score), SGD with Nesterov momentum 0.99, weight decay 3e-5, a poly learning rate from 1e-2,
-random patches centred in the body two times out of three, no augmentation, gradient clipping at
-12, fp16 autocast on CUDA. Each epoch is ``iterations`` steps; validation runs whole held-out
-volumes through the same sliding-window inference that `sctconv convert` uses.
+Three stages share the loop and differ only in their data target and loss:
+
+- ``l1`` (the paper's stage 1): the network's output against the CT, both in the CT dataset's
+  z-score, L1 loss, SGD with Nesterov momentum 0.99, weight decay 3e-5, poly learning rate from
+  1e-2, patches centred in the body two times out of three, no augmentation, gradient clipping at
+  12, fp16 autocast on CUDA.
+- ``afp`` (stage 2): fine-tuning of a stage-1 model with the Anatomical Feature-Prioritized loss of
+  a frozen CT segmentation teacher plus a weighted L1 (paper: 500 epochs at 1e-3).
+- ``teacher``: a compact CT segmentation network (plain U-Net, cross-entropy + soft Dice) on label
+  maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
+
+Each epoch is ``iterations`` steps; validation runs whole held-out volumes through the same
+sliding-window inference that `sctconv convert` uses. A checkpoint after every epoch (written
+atomically, loadable with ``weights_only=True``) holds the network, optimizer, scaler and random
+states, so an interrupted run (even ``kill -9``) resumes exactly where the last epoch ended.
 """
 
 from __future__ import annotations
@@ -17,18 +27,20 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sctconv.data import Case, CaseArrays, discover_cases, fingerprint, load_case_hu, preprocess_case, sample_patch
 from sctconv.errors import SctconvError
 from sctconv.metrics import image_metrics, mae
-from sctconv.model import ModelCard, Normalization, save_model
+from sctconv.model import ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.pipeline import synthesize
 from sctconv.predict import TorchBackend, resolve_device, sliding_window
 from sctconv.preprocess import HU_MAX, HU_MIN
 from sctconv.preview import save_curves
+from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
 PRESETS: dict[str, dict] = {
     # Small enough to train and run on a laptop CPU; the shipped models use it.
@@ -45,18 +57,23 @@ PRESETS: dict[str, dict] = {
         "batch_size": 2,
     },
 }
+STAGES = ("l1", "afp", "teacher")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (saved beside the model)."""
+    """Everything a training run depends on (saved in the model card)."""
 
     data: Path
     out: Path
-    modality: str
+    modality: str  # "mr" or "cbct"; "ct" for the teacher
     name: str
     regions: list[str]
+    stage: str = "l1"
     preset: str = "small"
+    init: Path | None = None  # afp: the stage-1 model folder to fine-tune
+    teacher: Path | None = None  # afp: the segmentation model folder
+    afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
     val_data: Path | None = None
     val_fraction: float = 0.2
     epochs: int = 1000
@@ -72,10 +89,27 @@ class TrainConfig:
     device: str = "auto"
     cache: Path | None = None
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def teacher_architecture(arch: Architecture, classes: int) -> Architecture:
+    """The plain U-Net counterpart of a preset, with one output channel per class."""
+    return replace(arch, kind="plain", encoder_blocks=(2,) * len(arch.features),
+                   decoder_blocks=(2,) * (len(arch.features) - 1), out_channels=classes)
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes present in the batch."""
+    probabilities = logits.float().softmax(1)
+    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    intersection = (probabilities * onehot).sum(dims)
+    total = probabilities.sum(dims) + onehot.sum(dims)
+    dice = (2 * intersection + 1e-5) / (total + 1e-5)
+    present = onehot.sum(dims)[1:] > 0
+    return 1 - dice[1:][present].mean() if present.any() else logits.sum() * 0
 
 
 def poly_lr(initial: float, step: int, total: int, exponent: float = 0.9) -> float:
@@ -93,21 +127,34 @@ def split_cases(names: list[str], fraction: float, seed: int) -> tuple[list[str]
     return [n for n in names if n not in val], val
 
 
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict[int, float]:
+    """Dice of each foreground class present in ``truth``."""
+    return {c: float(2 * np.sum((pred == c) & (truth == c)) / (np.sum(pred == c) + np.sum(truth == c)))
+            for c in range(1, classes) if np.any(truth == c)}
+
+
 def validate(network: UNet, cases: list[CaseArrays], card: ModelCard, device: str) -> dict[str, float]:
-    """Mean L1 (normalized) and MAE in HU inside the body over whole validation volumes."""
+    """Synthesis: mean L1 (normalized) and MAE in HU inside the body. Segmentation: mean Dice.
+
+    Whole validation volumes go through the sliding window (step 0.5 to keep it quick).
+    """
     network.eval()
     backend = TorchBackend(network, device)
     target = card.target_normalization
-    losses, maes = [], []
+    losses, scores = [], []
     for case in cases:
         pred = sliding_window(case.x, backend, card.patch_size, step=0.5, batch_size=2)
-        losses.append(float(np.abs(pred - case.y).mean()))
-        hu_pred = np.clip(pred * target.std + target.mean, HU_MIN, HU_MAX)
+        if card.task == "segmentation":
+            scores.append(np.mean(list(dice_per_class(pred.argmax(0), case.y, len(card.classes)).values())))
+            continue
+        losses.append(float(np.abs(pred[0] - case.y).mean()))
+        hu_pred = np.clip(pred[0] * target.std + target.mean, HU_MIN, HU_MAX)
         hu_true = case.y * target.std + target.mean
-        inside = case.mask > 0
-        maes.append(float(np.abs(hu_pred - hu_true)[inside].mean()))
+        scores.append(float(np.abs(hu_pred - hu_true)[case.mask > 0].mean()))
     network.train()
-    return {"val_loss": float(np.mean(losses)), "val_mae": float(np.mean(maes))}
+    if card.task == "segmentation":
+        return {"val_dice": float(np.mean(scores))}
+    return {"val_loss": float(np.mean(losses)), "val_mae": float(np.mean(scores))}
 
 
 def save_checkpoint(path: Path, network: UNet, optimizer: torch.optim.Optimizer,
@@ -122,14 +169,40 @@ def save_checkpoint(path: Path, network: UNet, optimizer: torch.optim.Optimizer,
     partial.replace(path)
 
 
-def train(config: TrainConfig, console: Console | None = None) -> Path:
-    """Run stage-1 training; returns the model folder (``config.out``)."""
-    console = console or Console()
+def make_card(config: TrainConfig, cases: list[Case]) -> tuple[ModelCard, dict]:
+    """The card the run trains towards (sizes, spacing, normalization) and the dataset fingerprint."""
+    if config.stage == "afp":
+        if config.init is None or config.teacher is None:
+            raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
+        start = load_model(config.init).card
+        if start.modality != config.modality:
+            raise SctconvError(f"--init model {start.name} converts {start.modality}, not {config.modality}")
+        return replace(start, name=config.name, regions=config.regions, metrics={}, training={}), \
+            start.training.get("dataset_fingerprint", {})
     preset = PRESETS.get(config.preset)
     if preset is None:
         raise SctconvError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
-    arch, spacing, patch = preset["architecture"], preset["spacing"], preset["patch_size"]
-    batch_size = config.batch_size or preset["batch_size"]
+    stats = fingerprint(cases, config.modality)
+    ct_norm = Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["ct_mean"], stats["ct_std"])
+    if config.stage == "teacher":
+        classes = list(GROUPS) if all(c.labels for c in cases) else list(TISSUE_CLASSES)
+        return ModelCard(name=config.name, modality="ct", regions=config.regions, task="segmentation",
+                         classes=classes, architecture=teacher_architecture(preset["architecture"], len(classes)),
+                         spacing=preset["spacing"], patch_size=preset["patch_size"], input_normalization=ct_norm,
+                         target_normalization=ct_norm, description=config.description), stats
+    input_norm = (Normalization("zscore-case") if config.modality == "mr" else
+                  Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["cbct_mean"], stats["cbct_std"]))
+    return ModelCard(name=config.name, modality=config.modality, regions=config.regions,
+                     architecture=preset["architecture"], spacing=preset["spacing"], patch_size=preset["patch_size"],
+                     input_normalization=input_norm, target_normalization=ct_norm,
+                     description=config.description), stats
+
+
+def train(config: TrainConfig, console: Console | None = None) -> Path:
+    """Run one training stage; returns the model folder (``config.out``)."""
+    console = console or Console()
+    if config.stage not in STAGES:
+        raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
     device = resolve_device(config.device)
     config.out.mkdir(parents=True, exist_ok=True)
     cache = config.cache or config.out / "cache"
@@ -144,25 +217,34 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         val_cases = [c for c in cases if c.name in val_names]
     (config.out / "split.json").write_text(json.dumps(
         {"train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
-    console.print(f"{len(train_cases)} training and {len(val_cases)} validation cases; measuring the dataset")
-    stats = fingerprint(train_cases, config.modality)
-    target_norm = Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["ct_mean"], stats["ct_std"])
-    input_norm = (Normalization("zscore-case") if config.modality == "mr" else
-                  Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["cbct_mean"], stats["cbct_std"]))
-    card = ModelCard(name=config.name, modality=config.modality, regions=config.regions, architecture=arch,
-                     spacing=spacing, patch_size=patch, input_normalization=input_norm,
-                     target_normalization=target_norm, description=config.description)
-    prepare = [lambda c=c: preprocess_case(c, config.modality, spacing, input_norm, target_norm, cache)
+    console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
+    card, stats = make_card(config, train_cases)
+    segmentation = card.task == "segmentation"
+    prepare = [lambda c=c: preprocess_case(c, config.modality, card.spacing, card.input_normalization,
+                                           card.target_normalization, cache, segmentation)
                for c in train_cases + val_cases]
     with Progress(TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
         arrays = [fn() for fn in progress.track(prepare)]
     train_arrays, val_arrays = arrays[:len(train_cases)], arrays[len(train_cases):]
 
-    # Model and optimizer, resumed from the last checkpoint when there is one.
+    # Model, loss and optimizer, resumed from the last checkpoint when there is one.
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    network = UNet(arch).to(device)
+    network = (load_model(config.init).network if config.init else UNet(card.architecture)).to(device)
+    if config.stage == "afp":
+        teacher = load_teacher(config.teacher)
+        teacher.model.network.to(device)
+        afp = AFPLoss(teacher, card.target_normalization, config.afp_l1_weight)
+
+    def loss_of(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if config.stage == "afp":
+            return afp(output, target)
+        if segmentation:
+            labels = target[:, 0].long()
+            return F.cross_entropy(output.float(), labels) + soft_dice_loss(output, labels)
+        return F.l1_loss(output.float(), target)
+
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
     use_amp = device.startswith("cuda")
@@ -177,9 +259,10 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
-        console.print(f"resumed from {checkpoint_path} at epoch {start_epoch}")
-    console.print(f"network: {arch.kind} U-Net, {count_parameters(network) / 1e6:.2f} M parameters, "
-                  f"patch {patch}, spacing {spacing} mm, batch {batch_size}, device {device}")
+        console.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+    batch_size = config.batch_size or PRESETS.get(config.preset, PRESETS["small"])["batch_size"]
+    console.print(f"network: {card.architecture.kind} U-Net, {count_parameters(network) / 1e6:.2f} M parameters, "
+                  f"patch {card.patch_size}, spacing {card.spacing} mm, batch {batch_size}, device {device}")
 
     # The loop.
     total_steps = config.epochs * config.iterations
@@ -195,11 +278,12 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 picks = [train_arrays[i] for i in rng.integers(len(train_arrays), size=batch_size)]
-                patches = [sample_patch(c, patch, rng, rng.random() < config.foreground_fraction) for c in picks]
+                patches = [sample_patch(c, card.patch_size, rng, rng.random() < config.foreground_fraction)
+                           for c in picks]
                 x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device)
                 y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    loss = torch.nn.functional.l1_loss(network(x), y)
+                    loss = loss_of(network(x), y)
                 if not torch.isfinite(loss):
                     raise SctconvError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {it + 1}; "
                                        "lower --lr or check the data")
@@ -218,19 +302,37 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         history.append(record)
         console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         save_checkpoint(checkpoint_path, network, optimizer, scaler, epoch, history, rng)
-        save_curves(history, config.out / "curves.png", f"{config.name} (stage 1, L1)")
+        save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
         (config.out / "history.json").write_text(json.dumps(history, indent=2))
 
     # The model folder: weights and card, with metrics measured as `sctconv convert` would produce them.
-    console.print("measuring the validation cases on their own grids (step 0.3)")
-    metrics = final_metrics(network.eval(), card, val_cases, config.modality, device)
+    console.print("measuring the validation cases on their own grids")
+    network.eval()
+    metrics = (teacher_metrics(network, card, val_arrays, device) if segmentation
+               else final_metrics(network, card, val_cases, config.modality, device))
     console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-    card = replace(card, training={
-        "stage": "L1", "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
-        "validation_cases": [c.name for c in val_cases], "dataset_fingerprint": stats,
-        "epochs": config.epochs, "parameters": count_parameters(network)}, metrics=metrics)
-    save_model(config.out, card, network)
+    training = {"stage": config.stage, "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
+                "validation_cases": [c.name for c in val_cases], "dataset_fingerprint": stats,
+                "epochs": config.epochs, "parameters": count_parameters(network)}
+    if config.stage == "afp":
+        start = load_model(config.init).card
+        training.update(init_model=start.name, init_metrics=start.metrics, teacher=str(config.teacher),
+                        afp_l1_weight=config.afp_l1_weight)
+    save_model(config.out, replace(card, training=training, metrics=metrics), network)
     return config.out
+
+
+def teacher_metrics(network: UNet, card: ModelCard, cases: list[CaseArrays], device: str) -> dict:
+    """Per-class Dice of the teacher on the validation cases (model grid)."""
+    backend = TorchBackend(network, device)
+    per_class: dict[str, list[float]] = {}
+    for case in cases:
+        pred = sliding_window(case.x, backend, card.patch_size, step=0.5, blend="gaussian").argmax(0)
+        for c, dice in dice_per_class(pred, case.y, len(card.classes)).items():
+            per_class.setdefault(card.classes[c], []).append(dice)
+    means = {name: float(np.mean(values)) for name, values in per_class.items()}
+    return {"cases": len(cases), "mean_dice": float(np.mean(list(means.values()))) if means else 0.0,
+            "dice": means, "evaluated_on": "validation cases"}
 
 
 SOFT_TISSUE_HU = 40.0

@@ -246,7 +246,7 @@ def test_missing_slice_names_the_gap(tmp_path: Path) -> None:
         read_dicom_series(tmp_path)
     assert str(err.value) == (
         f"series {fs.series_uid} has a gap: 5.0 mm between slices 7 and 8 where 2.5 mm is "
-        "expected"
+        "expected; pass --allow-uneven to resample it onto a regular grid"
     )
 
 
@@ -305,11 +305,12 @@ def test_zip_archive(tmp_path: Path) -> None:
     assert_matches_factory(read_dicom_series(archive), fs)
 
 
-def test_single_file_reads_only_that_file(tmp_path: Path) -> None:
-    fs = factory.make_series(tmp_path, shuffle=False)
-    src = read_dicom_series(fs.paths[0])
-    assert src.image.GetSize() == (20, 24, 1)
-    assert src.image.GetSpacing()[2] == pytest.approx(2.5)  # from SliceThickness
+def test_single_file_reads_its_series_from_its_folder(tmp_path: Path) -> None:
+    fs = factory.make_series(tmp_path, shuffle=True, orientation="oblique")
+    factory.make_series(tmp_path, modality="CT", series_number=9, seed=4)  # another series beside it
+    assert_matches_factory(read_dicom_series(fs.paths[3]), fs)
+    with pytest.raises(SctconvError, match="--series picks a series in a folder or zip"):
+        read_dicom_series(fs.paths[3], series="9")
 
 
 @pytest.fixture()

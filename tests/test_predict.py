@@ -41,18 +41,19 @@ def test_window_starts_cover_the_axis_with_the_paper_step():
 @pytest.mark.parametrize("blend", ["mean", "gaussian"])
 def test_blending_is_a_weighted_mean(blend):
     volume = np.random.default_rng(0).normal(size=(21, 37, 30)).astype(np.float32)
-    out = sliding_window(volume, Identity(), (8, 16, 16), step=0.3, blend=blend, batch_size=3)
+    out = sliding_window(volume, Identity(), (8, 16, 16), step=0.3, blend=blend, batch_size=3)[0]
     assert out.shape == volume.shape
     np.testing.assert_allclose(out, volume, atol=1e-5)
     counter = WindowCounter()
     ones = sliding_window(volume, counter, (8, 16, 16), step=0.5, blend=blend)
+    assert ones.shape == (1, *volume.shape)
     np.testing.assert_allclose(ones, 1.0, atol=1e-6)
     assert counter.calls == 5 * 4 * 3  # ceil((21-8)/4)+1, ceil((37-16)/8)+1, ceil((30-16)/8)+1
 
 
 def test_small_volumes_are_padded_and_cropped_back():
     volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
-    out = sliding_window(volume, Identity(), (8, 16, 16))
+    out = sliding_window(volume, Identity(), (8, 16, 16))[0]
     np.testing.assert_array_equal(out, volume)
 
 

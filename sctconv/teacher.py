@@ -1,0 +1,138 @@
+"""The CT segmentation "teacher": frozen feature extractor of the AFP loss, and segmenter for Dice/HD95.
+
+The paper's AFP loss compares multi-layer features of a frozen CT segmentation network on the sCT
+and on the CT. Its teacher segments seven groups of TotalSegmentator structures (organs, cardiac,
+muscles, bones, ribs, vertebrae); :func:`group_totalsegmentator` maps TotalSegmentator label maps
+onto them. Without label maps, :func:`tissue_labels` derives HU tissue classes from the CT itself,
+which is what the shipped teacher is trained on. A teacher is an ordinary sctconv model folder
+whose card has ``task: "segmentation"`` and one class name per output channel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sctconv.errors import SctconvError
+from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+from sctconv.model import Model, Normalization, load_model
+from sctconv.predict import TorchBackend, sliding_window
+from sctconv.preprocess import HU_MIN, normalize, to_model_grid
+
+TISSUE_CLASSES = ("background", "air_lung", "fat", "soft_tissue", "bone")
+TISSUE_EDGES_HU = (-400.0, -30.0, 180.0)
+"""Inside the body: air/lung below -400 HU, fat to -30, soft tissue to 180, bone above."""
+
+GROUPS = ("background", "organs", "cardiac", "muscles", "bones", "ribs", "vertebrae")
+_GROUP_PATTERNS = (
+    ("ribs", r"^rib_"),
+    ("vertebrae", r"^vertebrae_|^sacrum$"),
+    ("cardiac", r"^heart|atrial_appendage|^aorta$|pulmonary_(artery|vein)|vena_cava|brachiocephalic|"
+                r"common_carotid|subclavian_artery|iliac_(artery|vena)|portal_vein"),
+    ("bones", r"^(humerus|scapula|clavicula|femur|hip|skull|sternum|costal_cartilages)"),
+    ("muscles", r"gluteus|iliopsoas|autochthon"),
+)
+
+
+def tissue_labels(ct_hu: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """HU tissue classes (indices into :data:`TISSUE_CLASSES`) inside ``body``; 0 outside."""
+    labels = np.digitize(ct_hu, TISSUE_EDGES_HU).astype(np.uint8) + 1
+    labels[body == 0] = 0
+    return labels
+
+
+def group_totalsegmentator(labels: np.ndarray, names: dict[int, str]) -> np.ndarray:
+    """Map a TotalSegmentator label map (``names``: label value → class name) onto :data:`GROUPS`.
+
+    Structures no pattern claims are organs (including brain and spinal cord), as in the paper's
+    seven-class grouping.
+    """
+    lookup = np.zeros(max(max(names, default=0), int(labels.max())) + 1, dtype=np.uint8)
+    for value, name in names.items():
+        if value == 0:
+            continue
+        group = next((g for g, pattern in _GROUP_PATTERNS if re.search(pattern, name)), "organs")
+        lookup[value] = GROUPS.index(group)
+    return lookup[labels]
+
+
+@dataclass
+class Teacher:
+    """A loaded, frozen segmentation model."""
+
+    model: Model
+
+    def __post_init__(self) -> None:
+        if self.model.card.task != "segmentation":
+            raise SctconvError(f"model {self.model.card.name} is not a segmentation model")
+        self.model.network.eval().requires_grad_(False)
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.model.card.input_normalization
+
+    def segment(self, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
+        """Label map (uint8) of a CT in HU, on the CT's own grid."""
+        card = self.model.card
+        grid = to_model_grid(ct, card.spacing, default=HU_MIN)
+        array = sitk.GetArrayFromImage(grid)
+        body = body_mask_from_array(array, CT_BODY_THRESHOLD_HU)
+        x = normalize(array, body, card.input_normalization)
+        probabilities = sliding_window(x, TorchBackend(self.model.network, device), card.patch_size, step=0.5,
+                                       blend="gaussian")
+        scores = sitk.GetImageFromArray(np.argmax(probabilities, axis=0).astype(np.float32))
+        scores.CopyInformation(grid)
+        labels = sitk.Resample(scores, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        return labels
+
+
+def load_teacher(folder: Path) -> Teacher:
+    """Load a segmentation model folder as a frozen teacher."""
+    return Teacher(load_model(folder))
+
+
+class AFPLoss(nn.Module):
+    """Anatomical Feature-Prioritized loss: sum over teacher layers of L1(features(sCT), features(CT)),
+    plus ``l1_weight`` x L1(sCT, CT).
+
+    ``pred`` and ``target`` are in the synthesis model's CT z-score (``ct_norm``); they are mapped
+    exactly into the teacher's own CT z-score before entering it (the reference code feeds them
+    unchanged, which only matches when both statistics agree). Inputs are zero-padded (in the
+    teacher's space, air-free zero is the dataset mean) to a multiple of the teacher's divisor.
+    ``layers`` indexes the teacher's encoder skips followed by its decoder stages; None = all.
+    """
+
+    def __init__(self, teacher: Teacher, ct_norm: Normalization, l1_weight: float = 0.5,
+                 layers: list[int] | None = None) -> None:
+        super().__init__()
+        self.network = teacher.model.network
+        self.divisor = teacher.model.card.architecture.divisor
+        t = teacher.normalization
+        self.scale = ct_norm.std / t.std
+        self.shift = (ct_norm.mean - t.mean) / t.std
+        self.l1_weight = l1_weight
+        self.layers = layers
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        pad: list[int] = []
+        for size, div in zip(reversed(x.shape[2:]), reversed(self.divisor)):
+            extra = (-size) % div
+            pad += [extra // 2, extra - extra // 2]
+        return F.pad(x, pad) if any(pad) else x
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = self._pad(pred.float() * self.scale + self.shift)
+        y = self._pad(target.float() * self.scale + self.shift)
+        fx = self.network.features(x)[:-1]
+        with torch.no_grad():
+            fy = self.network.features(y)[:-1]
+        layers = range(len(fx)) if self.layers is None else self.layers
+        afp = sum(F.l1_loss(fx[i], fy[i]) for i in layers)
+        return afp + self.l1_weight * F.l1_loss(pred.float(), target.float())
