@@ -30,6 +30,8 @@ from test_dicom_write import DCENTVFY, DCIODVFY, DCM2NIIX, error_lines, run_tool
 
 from sctconv.cli import app  # noqa: E402
 from sctconv.dicom_read import is_dicom_path, list_series, read_dicom_series  # noqa: E402
+from sctconv.dicom_write import SeriesOptions  # noqa: E402
+from sctconv.errors import SctconvError  # noqa: E402
 from sctconv.pipeline import ConvertOptions, convert  # noqa: E402
 
 CASES = [(orientation, position, "MR") for orientation in ("axial", "oblique", "sagittal")
@@ -198,6 +200,21 @@ def test_like_attaches_a_nifti_to_the_patient_study_and_frame_of_reference(tmp_p
     if DCIODVFY and DCENTVFY:
         assert error_lines(run_tool(DCIODVFY, files[0])) == []
         assert error_lines(run_tool(DCENTVFY, *files, *fs.paths)) == []
+
+
+def test_like_refuses_a_new_patient_and_a_series_without_frame_of_reference(tmp_path, phantom_files,
+                                                                           tiny_mr_model) -> None:
+    fs = factory.make_series(tmp_path / "mr")
+    options = ConvertOptions(model=str(tiny_mr_model), like=fs.folder, series_options=SeriesOptions(patient_id="P1"))
+    with pytest.raises(SctconvError, match="--patient-id/--patient-name make a new patient"):
+        convert(phantom_files["mr"], tmp_path / "out", options)
+    for path in fs.paths:
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    with pytest.raises(SctconvError, match=f"--like series {fs.series_uid} .* has no FrameOfReferenceUID"):
+        convert(phantom_files["mr"], tmp_path / "out", ConvertOptions(model=str(tiny_mr_model), like=fs.folder))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("irregular,reason", [({"missing": 4}, "has a gap"), ({"uneven": 4}, "uneven slice spacing")])

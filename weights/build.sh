@@ -5,7 +5,7 @@
 # (two head-and-neck patients and the LIDC chest CT) that no model sees during training.
 set -euo pipefail
 work=${1:?usage: weights/build.sh WORK_DIR [EPOCHS] [ITERATIONS]}
-epochs=${2:-8}
+epochs=${2:-10}
 iterations=${3:-250}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$repo/../shared/data
@@ -40,4 +40,11 @@ for modality in mr cbct; do
         --output "$work/models/${modality}2ct-small" --task $modality \
         --region head-neck --region thorax --region abdomen \
         --epochs "$epochs" --iterations "$iterations" --val-every 2 --device auto
+done
+
+for modality in mr cbct; do
+    name=${modality}2ct-small
+    rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
+    cp "$work/models/$name"/{model.safetensors,model.json,curves.png} "$repo/weights/$name/"
+    sctconv export "$name"
 done
