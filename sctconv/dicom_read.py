@@ -270,7 +270,8 @@ def _image_type(ds: Dataset) -> list[str]:
     return [str(v).strip().upper() for v in value]
 
 
-def _int_or_none(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """An IS/US-like value as int, or None when empty or not a number."""
     try:
         if value is None or value == "":
             return None
@@ -345,7 +346,7 @@ class _Entry:
 def _entries_from_header(src: _Source, ds: Dataset) -> list[_Entry]:
     rows = int(ds.Rows)
     cols = int(ds.Columns)
-    nframes = _int_or_none(ds.get("NumberOfFrames", None)) or 1
+    nframes = int_or_none(ds.get("NumberOfFrames", None)) or 1
     enhanced = any(k in ds for k in _ENHANCED_KEYWORDS)
     if nframes > 1 or enhanced:
         return _entries_multiframe(src, ds, rows, cols, nframes)
@@ -468,7 +469,7 @@ class _Stack:
 
     @property
     def series_number(self) -> int | None:
-        return _int_or_none(self.first.get("SeriesNumber", None))
+        return int_or_none(self.first.get("SeriesNumber", None))
 
     @property
     def description(self) -> str:
@@ -752,7 +753,7 @@ def _check_header(stack: _Stack, label: str) -> None:
             )
         if np.any(e.pixel_spacing <= 0):
             raise SctconvError(f"series {label}: {e.src.name} has a non-positive PixelSpacing")
-        spp = _int_or_none(e.header.get("SamplesPerPixel", 1)) or 1
+        spp = int_or_none(e.header.get("SamplesPerPixel", 1)) or 1
         if spp != 1:
             raise SctconvError(
                 f"series {label} is a colour image ({spp} samples per pixel); "

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from sctconv.dicom_read import SourceSeries
+from sctconv.dicom_read import SourceSeries, int_or_none
 from sctconv.errors import SctconvError
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,6 @@ def _fit_pn(value: Any) -> str:
     text = str(value).replace("\\", "/").strip()
     groups = [g[:64] for g in text.split("=")[:3]]
     return "=".join(groups)
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        if value is None or value == "":
-            return None
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _copy_str(dst: Dataset, src: Dataset | None, keyword: str, vr: str, default: str = "") -> None:
@@ -542,14 +533,14 @@ def _derivation_text(source: SourceSeries | None, options: SeriesOptions) -> str
 def _series_number(src: Dataset | None, options: SeriesOptions) -> int:
     if options.series_number is not None:
         return int(options.series_number)
-    number = _int_or_none(src.get("SeriesNumber", None)) if src is not None else None
+    number = int_or_none(src.get("SeriesNumber", None)) if src is not None else None
     if number is not None and 0 <= number + 1000 < 2**31:
         return number + 1000
     return 1000
 
 
 def _acquisition_number(src: Dataset | None) -> str:
-    number = _int_or_none(src.get("AcquisitionNumber", None)) if src is not None else None
+    number = int_or_none(src.get("AcquisitionNumber", None)) if src is not None else None
     return str(number) if number is not None and abs(number) < 2**31 else "1"
 
 

@@ -20,11 +20,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sctconv", *args], capture_output=True, text=True, timeout=600)
 
 
-def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
-    assert a.GetSize() == b.GetSize()
-    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
-    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-6)
-    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-9)
+def check_sct_folder(out: Path, source_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Assert the sCT is on the source's exact grid, in [-1024, 3071], air outside the body;
+    return (sCT values, body mask)."""
+    source = sitk.ReadImage(str(source_path))
+    sct = sitk.ReadImage(str(out / "sct.nii.gz"))
+    assert sct.GetSize() == source.GetSize()
+    np.testing.assert_allclose(sct.GetSpacing(), source.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(sct.GetOrigin(), source.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(sct.GetDirection(), source.GetDirection(), atol=1e-9)
+    values = sitk.GetArrayFromImage(sct)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz")))
+    assert values.min() >= -1024 and values.max() <= 3071
+    assert (values[mask == 0] == -1024).all()
+    return values, mask
 
 
 @pytest.mark.parametrize("modality", ["mr", "cbct"])
@@ -33,13 +42,7 @@ def test_convert_writes_sct_on_the_exact_input_grid(modality, phantom_files, tin
     model = tiny_mr_model if modality == "mr" else tiny_cbct_model
     out = tmp_path / f"out-{modality}"
     report = convert(phantom_files[modality], out, ConvertOptions(model=str(model), preview=True))
-    source = sitk.ReadImage(str(phantom_files[modality]))
-    sct = sitk.ReadImage(str(out / "sct.nii.gz"))
-    assert_same_grid(sct, source)
-    values = sitk.GetArrayFromImage(sct)
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz")))
-    assert values.min() >= -1024 and values.max() <= 3071
-    assert (values[mask == 0] == -1024).all()
+    values, mask = check_sct_folder(out, phantom_files[modality])
     assert 0.1 < mask.mean() < 0.9
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["input"]["modality"] == modality
@@ -48,7 +51,7 @@ def test_convert_writes_sct_on_the_exact_input_grid(modality, phantom_files, tin
     assert on_disk["hu_in_body"]["voxels"] == int(mask.sum())
     assert report["versions"]["sctconv"]
     files = sorted((out / "dicom").glob("*.dcm"))
-    assert len(files) == source.GetSize()[2]
+    assert len(files) == values.shape[0]
     first = pydicom.dcmread(files[0])
     assert first.Modality == "CT" and first.RescaleType == "HU"
     assert "synthetic" in first.DerivationDescription.lower()
