@@ -257,31 +257,70 @@ def simulate(
     console.print(f"[green]simulated {modality} case written to {output}[/]")
 
 
+@app.command("plan")
+@user_errors
+def plan_command(
+    data: Annotated[Path, typer.Option(help="Paired cases, as for sctconv train.")],
+    modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
+    region: Annotated[Optional[list[str]], typer.Option(help="Plan for these region(s) only; repeat for several "
+                                                             "(default: all cases).")] = None,
+    gpu_memory: Annotated[float, typer.Option(help="GPU memory per training process, GiB (nnU-Net plans for 8; "
+                                                   "its L and XL presets for 24 and 40).")] = 8.0,
+    network: Annotated[str, typer.Option(help="paper (nnResU-Net widths, 32..320 features) or small (CPU widths).")] = "paper",
+    output: Annotated[Path, typer.Option(help="Plan file to write.")] = Path("plan.json"),
+) -> None:
+    """Fingerprint a dataset and plan spacing, network depth, patch and batch size (for train --plan)."""
+    from sctconv.model import MODALITIES, canonical_region
+    from sctconv.plan import plan_dataset, write_plan
+
+    if modality not in MODALITIES:
+        raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
+    plan = plan_dataset(data, modality, [canonical_region(r) for r in region or []], gpu_memory, network, console)
+    write_plan(plan, output)
+    setup, reasons = plan["configuration"], plan["configuration"]["reasoning"]
+    console.print(f"spacing {' x '.join(f'{v:.3g}' for v in setup['spacing'])} mm, patch "
+                  f"{' x '.join(map(str, setup['patch_size']))}, batch {setup['batch_size']}, "
+                  f"{reasons['stages']} stages, {reasons['parameters'] / 1e6:.1f} M parameters, "
+                  f"estimated {reasons['estimated_memory_gib']} GiB of {gpu_memory:g}")
+    console.print(f"[green]plan written to {output}[/]")
+
+
 @app.command("train")
 @user_errors
 def train_command(
-    data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.* (SynthRAD2025 layout too).")],
+    data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.*, or SynthRAD2025's "
+                                            "Task1/ or Task2/ with HN, TH, AB region folders.")],
     output: Annotated[Path, typer.Option(help="Model folder to write (checkpoints, curves, weights, card); "
                                               "an existing checkpoint there is resumed.")],
     modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
-    region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several.")] = ["thorax"],
+    region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several. Cases in HN/TH/AB "
+                                                   "folders of other regions are left out.")] = ["thorax"],
     stage: Annotated[str, typer.Option(help="l1 (stage 1) or afp (stage 2: fine-tune --init with --teacher).")] = "l1",
     init: Annotated[Optional[Path], typer.Option(help="afp: the stage-1 model folder to fine-tune.")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="afp: the CT segmentation model folder.")] = None,
     afp_l1_weight: Annotated[float, typer.Option(help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
-    preset: Annotated[str, typer.Option(help="small (CPU) or paper (~122 M parameters).")] = "small",
+    preset: Annotated[Optional[str], typer.Option(help="small (CPU, the default) or paper (~122 M parameters).")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
     val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    fold: Annotated[Optional[int], typer.Option(help="Validate on fold K (0..folds-1) of a fixed split of --data "
+                                                     "instead of 20%.")] = None,
+    folds: Annotated[int, typer.Option(help="Number of folds for --fold.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs (paper: 1000-1500 for l1, 500 for afp).")] = 1000,
     iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
-    batch_size: Annotated[Optional[int], typer.Option(help="Patches per step (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Patches per step and process (default: the preset's "
+                                                           "or plan's).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Initial learning rate, poly decay (default 1e-2; afp 1e-3).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache (default: <output>/cache).")] = None,
 ) -> None:
-    """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper."""
+    """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper.
+
+    On several GPUs, one process per GPU (DistributedDataParallel):
+    torchrun --standalone --nproc_per_node N -m sctconv train ...
+    """
     from sctconv.model import MODALITIES
 
     if modality not in MODALITIES:
@@ -289,8 +328,8 @@ def train_command(
     if stage not in ("l1", "afp"):
         raise SctconvError(f"--stage must be l1 or afp, not {stage!r} (teachers: sctconv train-teacher)")
     _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
-                  stage=stage, preset=preset, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
-                  val_data=val_data, epochs=epochs, iterations=iterations, batch_size=batch_size,
+                  stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
+                  val_data=val_data, fold=fold, folds=folds, epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
                   seed=seed, device=device, cache=cache)
 
@@ -303,8 +342,11 @@ def train_teacher_command(
     output: Annotated[Path, typer.Option(help="Model folder to write.")],
     region: Annotated[list[str], typer.Option(help="Region(s); repeat for several.")] = ["thorax"],
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
-    preset: Annotated[str, typer.Option(help="small or paper.")] = "small",
+    preset: Annotated[Optional[str], typer.Option(help="small (the default) or paper.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
     val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    fold: Annotated[Optional[int], typer.Option(help="Validate on fold K of a fixed split of --data.")] = None,
+    folds: Annotated[int, typer.Option(help="Number of folds for --fold.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 300,
     iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
     lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-2,
@@ -313,15 +355,19 @@ def train_teacher_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache.")] = None,
 ) -> None:
-    """Train a compact CT segmentation network: the AFP teacher and the evaluation segmenter."""
+    """Train a compact CT segmentation network: the AFP teacher and the evaluation segmenter (torchrun works
+    as for train)."""
     _run_training(data=data, out=output, modality="ct", name=name or output.name, region=region, stage="teacher",
-                  preset=preset, val_data=val_data, epochs=epochs, iterations=iterations, initial_lr=lr,
+                  preset=preset, plan=plan, val_data=val_data, fold=fold, folds=folds, epochs=epochs,
+                  iterations=iterations, initial_lr=lr,
                   val_every=val_every, seed=seed, device=device, cache=cache)
 
 
-def _run_training(region: list[str], **settings) -> None:
+def _run_training(region: list[str], preset: str | None, plan: Path | None, **settings) -> None:
     from sctconv.model import canonical_region
     from sctconv.train import TrainConfig, train
 
-    folder = train(TrainConfig(regions=[canonical_region(r) for r in region], **settings), console)
-    console.print(f"[green]model written to {folder}[/]")
+    if preset and plan:
+        raise SctconvError("--preset and --plan are alternatives; give one")
+    train(TrainConfig(regions=[canonical_region(r) for r in region], preset=preset or "small", plan=plan, **settings),
+          console)

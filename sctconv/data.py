@@ -2,8 +2,12 @@
 
 Two layouts are understood, both searched recursively under the data folder:
 
-- SynthRAD2025: ``<case>/mr.mha`` (or ``cbct.mha``), ``<case>/ct.mha``, ``<case>/mask.mha``;
+- SynthRAD2025: ``<case>/mr.mha`` (or ``cbct.mha``), ``<case>/ct.mha``, ``<case>/mask.mha``, with the
+  cases of the release grouped in region folders ``Task1/{HN,TH,AB}/<case>`` (``Task2`` for CBCT);
 - plain: ``<case>/input.*``, ``<case>/ct.*``, ``<case>/mask.*`` in any format SimpleITK reads.
+
+A case's region is known when the data folder or a folder between it and the case is named HN, TH
+or AB; :func:`select_regions` keeps the cases of the wanted regions and those of unknown region.
 
 Preprocessing is the inference path's own (:func:`sctconv.preprocess.to_model_grid` and
 :func:`sctconv.preprocess.normalize`), so training and conversion see identical inputs.
@@ -22,11 +26,13 @@ import SimpleITK as sitk
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
-from sctconv.model import Normalization
+from sctconv.model import REGION_ALIASES, Normalization
 from sctconv.teacher import tissue_labels
 from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, normalize, to_model_grid
 
 IMAGE_PATTERNS = ("{}.mha", "{}.nii.gz", "{}.nii", "{}.nrrd", "{}.mhd")
+PERCENTILE_SAMPLES = 10_000
+"""Foreground voxels drawn per case for the intensity percentiles (nnU-Net's fingerprint does the same)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Case:
     ct: Path
     mask: Path | None
     labels: Path | None = None
+    region: str | None = None  # "head-neck", "thorax" or "abdomen" when a parent folder says so
 
 
 @dataclass
@@ -72,12 +79,26 @@ def discover_cases(root: Path, modality: str) -> list[Case]:
     for folder in sorted({p.parent for p in root.rglob("ct.*")}):
         source, ct = _find(folder, stems), _find(folder, ("ct",))
         if source and ct:
-            cases.append(Case(folder.relative_to(root).as_posix() or folder.name, source, ct,
-                              _find(folder, ("mask",)), _find(folder, ("labels",))))
+            relative = folder.relative_to(root)
+            parents = [root.resolve().name, *relative.parts[:-1]]
+            regions = [REGION_ALIASES[p.lower()] for p in parents if p.lower() in REGION_ALIASES]
+            cases.append(Case(relative.as_posix() if relative.parts else folder.name, source, ct,
+                              _find(folder, ("mask",)), _find(folder, ("labels",)),
+                              regions[-1] if regions else None))
     if not cases:
         raise SctconvError(f"no paired {modality} cases under {root} (expected <case>/{stems[0]}.mha and "
                            "<case>/ct.mha, or <case>/input.* and <case>/ct.*)")
     return cases
+
+
+def select_regions(cases: list[Case], regions: list[str]) -> list[Case]:
+    """The cases of ``regions`` and those whose region is unknown (an error when none is left)."""
+    kept = [c for c in cases if c.region is None or c.region in regions]
+    if not kept:
+        found = sorted({c.region for c in cases if c.region})
+        raise SctconvError(f"no cases of region {', '.join(regions)} (the data holds {', '.join(found)}); "
+                           "pass --region for one of those")
+    return kept
 
 
 def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
@@ -91,25 +112,65 @@ def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sit
     return image, ct, mask
 
 
-def dataset_statistics(values: list[np.ndarray]) -> tuple[float, float]:
-    """Mean and std of the foreground values of several cases together."""
-    joined = np.concatenate([v.ravel() for v in values]).astype(np.float64)
-    return float(joined.mean()), float(joined.std())
+@dataclass
+class IntensityStatistics:
+    """Foreground intensities of several cases: exact mean and std, percentiles from a sample."""
+
+    total: float = 0.0
+    squares: float = 0.0
+    count: int = 0
+    samples: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, values: np.ndarray, rng: np.random.Generator) -> None:
+        values = values.astype(np.float64, copy=False).ravel()
+        self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
+        self.count += values.size
+        self.samples.append(rng.choice(values, min(values.size, PERCENTILE_SAMPLES), replace=False))
+
+    def summary(self) -> dict[str, float]:
+        """mean, std, percentile_00_5, percentile_99_5 (nnU-Net's names)."""
+        if not self.count:
+            raise SctconvError("the body masks of the cases are empty; no foreground to measure")
+        mean = self.total / self.count
+        sample = np.concatenate(self.samples)
+        return {"mean": mean, "std": float(np.sqrt(max(self.squares / self.count - mean ** 2, 0.0))),
+                "percentile_00_5": float(np.percentile(sample, 0.5)),
+                "percentile_99_5": float(np.percentile(sample, 99.5))}
+
+
+def oriented_geometry(image: sitk.Image) -> tuple[list[float], list[int]]:
+    """Spacing (mm) and shape of ``image`` along (z, y, x) once reoriented to LPS, as the network sees it."""
+    axes = np.abs(np.array(image.GetDirection()).reshape(3, 3)).argmax(0)  # physical axis of each image axis
+    spacing, shape = [0.0] * 3, [0] * 3
+    for axis, physical in enumerate(axes):
+        spacing[2 - physical] = float(image.GetSpacing()[axis])
+        shape[2 - physical] = int(image.GetSize()[axis])
+    return spacing, shape
 
 
 def fingerprint(cases: list[Case], modality: str) -> dict:
-    """Dataset statistics for the normalizations: foreground mean/std of CT (and of CBCT)."""
-    ct_values, input_values = [], []
+    """Dataset fingerprint: each case's input spacing and shape (z, y, x) and their medians, and the
+    foreground (inside the body mask) intensity statistics of the CT, and of the CBCT for ``cbct``.
+
+    Means and stds use every foreground voxel; the 0.5 and 99.5 percentiles a fixed random sample of
+    :data:`PERCENTILE_SAMPLES` voxels per case. CBCT values are clipped to the CT range first.
+    """
+    rng = np.random.default_rng(1234)
+    ct_stats, input_stats, per_case = IntensityStatistics(), IntensityStatistics(), []
     for case in cases:
         image, ct, mask = load_case_hu(case, modality)
+        spacing, shape = oriented_geometry(image)
+        per_case.append({"name": case.name, "region": case.region, "spacing": spacing, "shape": shape})
         inside = sitk.GetArrayViewFromImage(mask) > 0
-        ct_values.append(sitk.GetArrayViewFromImage(ct)[inside])
-        input_values.append(np.clip(sitk.GetArrayViewFromImage(image)[inside], HU_MIN, HU_MAX))
-    ct_mean, ct_std = dataset_statistics(ct_values)
-    result = {"cases": len(cases), "ct_mean": ct_mean, "ct_std": ct_std}
+        ct_stats.add(sitk.GetArrayViewFromImage(ct)[inside], rng)
+        if modality == "cbct":
+            input_stats.add(np.clip(sitk.GetArrayViewFromImage(image)[inside], HU_MIN, HU_MAX), rng)
+    result = {"cases": len(cases), "median_spacing": np.median([c["spacing"] for c in per_case], 0).tolist(),
+              "median_shape": np.median([c["shape"] for c in per_case], 0).tolist(), "ct": ct_stats.summary()}
     if modality == "cbct":
-        result["cbct_mean"], result["cbct_std"] = dataset_statistics(input_values)
-    return result
+        result["cbct"] = input_stats.summary()
+    return {**result, "per_case": per_case}
 
 
 def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, float],
@@ -142,7 +203,10 @@ def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, floa
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise SctconvError(f"case {case.name}: non-finite values after preprocessing")
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=x.astype(np.float32), y=y, mask=m)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as file:
+        np.savez(file, x=x.astype(np.float32), y=y, mask=m)
+    partial.replace(path)  # atomic: an interrupted run or a second process never reads half a file
     return CaseArrays(case.name, x.astype(np.float32), y, m)
 
 

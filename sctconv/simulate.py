@@ -36,6 +36,8 @@ PHANTOM_LABELS: dict[str, int] = {
 
 HU_MIN = -1024.0
 HU_MAX = 3071.0
+OUTSIDE_FOV_HU = -1000.0
+"""The value of a simulated CBCT outside its cylindrical field of view."""
 
 # HU knots of the MR contrast curve of solid tissue: air, lung, fat, soft tissue (muscle), parenchymal
 # organs, dense soft tissue, trabecular bone (marrow), cortical bone, dense cortex, metal. Fluid (water
@@ -245,9 +247,18 @@ def simulate_cbct(ct: sitk.Image, rng: np.random.Generator, fov_radius_mm: float
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0.3, 0.7, 0.7))
     volume += noise * np.float32(rng.uniform(20.0, 40.0) / (float(noise.std()) or 1.0))
 
-    volume[:, r2 > 1.0] = -1000.0
+    volume[:, r2 > 1.0] = OUTSIDE_FOV_HU
     np.clip(volume, HU_MIN, HU_MAX, out=volume)
     return _to_image(volume, ct)
+
+
+def cbct_field_of_view(cbct: sitk.Image) -> np.ndarray:
+    """Where a volume made by :func:`simulate_cbct` was inside its field of view ((z, y, x) bool).
+
+    Inside, noise makes an exact :data:`OUTSIDE_FOV_HU` practically impossible, so the fill value
+    marks the outside.
+    """
+    return sitk.GetArrayViewFromImage(cbct) != OUTSIDE_FOV_HU
 
 
 class _PhantomPainter:
@@ -415,7 +426,8 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
                          seed: int = 0, overwrite: bool = False) -> None:
     """Write a paired case folder ``<modality>.mha``, ``ct.mha``, ``mask.mha`` (SynthRAD2025 layout).
 
-    The CT is clipped to [-1024, 3071] and stored as int16; the mask is the CT's body mask.
+    The CT is clipped to [-1024, 3071] and stored as int16; the mask is the CT's body mask, for a
+    CBCT limited to its field of view.
     """
     if modality not in ("mr", "cbct"):
         raise SctconvError(f"--modality must be mr or cbct, not {modality!r}")
@@ -425,7 +437,10 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
     labels = read_label_map(labels_path, ct) if labels_path else None
     rng = np.random.default_rng(seed)
     simulated = simulate_mr(ct, rng, labels) if modality == "mr" else simulate_cbct(ct, rng)
-    mask = sitk.GetImageFromArray(body_mask_from_array(sitk.GetArrayViewFromImage(ct), CT_BODY_THRESHOLD_HU))
+    body = body_mask_from_array(sitk.GetArrayViewFromImage(ct), CT_BODY_THRESHOLD_HU)
+    if modality == "cbct":  # as in SynthRAD2025 Task 2: the mask covers the body inside the CBCT's view
+        body &= cbct_field_of_view(simulated)
+    mask = sitk.GetImageFromArray(body)
     mask.CopyInformation(ct)
     with atomic_output_dir(out_dir, overwrite) as staging:
         write_image(simulated, staging / f"{modality}.mha")

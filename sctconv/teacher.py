@@ -5,7 +5,8 @@ and on the CT. Its teacher segments seven groups of TotalSegmentator structures 
 muscles, bones, ribs, vertebrae); :func:`group_totalsegmentator` maps TotalSegmentator label maps
 onto them. Without label maps, :func:`tissue_labels` derives HU tissue classes from the CT itself,
 which is what the shipped teacher is trained on. A teacher is an ordinary sctconv model folder
-whose card has ``task: "segmentation"`` and one class name per output channel.
+whose card has ``task: "segmentation"`` and one class name per output channel, or an nnU-Net v2
+trained model (:mod:`sctconv.nnunet`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from sctconv.errors import SctconvError
 from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
 from sctconv.model import Model, Normalization, load_model
+from sctconv.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
 from sctconv.predict import TorchBackend, sliding_window
 from sctconv.preprocess import HU_MIN, normalize, to_model_grid
 
@@ -78,6 +80,11 @@ class Teacher:
     def normalization(self) -> Normalization:
         return self.model.card.input_normalization
 
+    @property
+    def divisor(self) -> tuple[int, int, int]:
+        """Inputs of the network must be a multiple of this along (z, y, x)."""
+        return self.model.card.architecture.divisor
+
     def segment(self, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
         """Label map (uint8) of a CT in HU, on the CT's own grid."""
         card = self.model.card
@@ -93,8 +100,11 @@ class Teacher:
         return labels
 
 
-def load_teacher(folder: Path) -> Teacher:
-    """Load a segmentation model folder as a frozen teacher."""
+def load_teacher(folder: Path) -> Teacher | NnUNetTeacher:
+    """Load a frozen teacher: a segmentation model folder, or an nnU-Net v2 model (its folder, a
+    ``fold_K`` folder in it or a checkpoint file; recognised by its ``plans.json``)."""
+    if nnunet_folder(folder) is not None:
+        return load_nnunet_teacher(folder)
     return Teacher(load_model(folder))
 
 
@@ -109,11 +119,11 @@ class AFPLoss(nn.Module):
     ``layers`` indexes the teacher's encoder skips followed by its decoder stages; None = all.
     """
 
-    def __init__(self, teacher: Teacher, ct_norm: Normalization, l1_weight: float = 0.5,
+    def __init__(self, teacher: Teacher | NnUNetTeacher, ct_norm: Normalization, l1_weight: float = 0.5,
                  layers: list[int] | None = None) -> None:
         super().__init__()
         self.network = teacher.model.network
-        self.divisor = teacher.model.card.architecture.divisor
+        self.divisor = teacher.divisor
         t = teacher.normalization
         self.scale = ct_norm.std / t.std
         self.shift = (ct_norm.mean - t.mean) / t.std

@@ -11,32 +11,46 @@ Three stages share the loop and differ only in their data target and loss:
 - ``teacher``: a compact CT segmentation network (plain U-Net, cross-entropy + soft Dice) on label
   maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
 
+Sizes (architecture, spacing, patch, batch) come from a preset or from a plan of `sctconv plan`
+(:mod:`sctconv.plan`). The held-out cases are 20% of the data, fold K of a 5-fold split, or a
+separate folder; the split is written to ``split.json``.
+
 Each epoch is ``iterations`` steps; validation runs whole held-out volumes through the same
 sliding-window inference that `sctconv convert` uses. A checkpoint after every epoch (written
 atomically, loadable with ``weights_only=True``) holds the network, optimizer, scaler and random
 states, so an interrupted run (even ``kill -9``) resumes exactly where the last epoch ended.
+
+Under ``torchrun`` (one process per GPU) the network is wrapped in DistributedDataParallel, each
+process samples its own ``batch_size`` patches with its own random generator (seed + rank), and
+only rank 0 validates, prints and writes files while the others wait at a barrier.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sctconv.data import Case, CaseArrays, discover_cases, fingerprint, load_case_hu, preprocess_case, sample_patch
+from sctconv.data import (Case, CaseArrays, discover_cases, fingerprint, load_case_hu, preprocess_case, sample_patch,
+                          select_regions)
 from sctconv.errors import SctconvError
 from sctconv.metrics import image_metrics, mae
 from sctconv.model import ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.pipeline import synthesize
+from sctconv.plan import load_plan
 from sctconv.predict import TorchBackend, resolve_device, sliding_window
 from sctconv.preprocess import HU_MAX, HU_MIN
 from sctconv.preview import save_curves
@@ -71,11 +85,14 @@ class TrainConfig:
     regions: list[str]
     stage: str = "l1"
     preset: str = "small"
+    plan: Path | None = None  # a plan of `sctconv plan`, instead of the preset
     init: Path | None = None  # afp: the stage-1 model folder to fine-tune
     teacher: Path | None = None  # afp: the segmentation model folder
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
     val_data: Path | None = None
     val_fraction: float = 0.2
+    fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``
+    folds: int = 5
     epochs: int = 1000
     iterations: int = 250
     batch_size: int | None = None
@@ -117,14 +134,42 @@ def poly_lr(initial: float, step: int, total: int, exponent: float = 0.9) -> flo
     return initial * (1 - min(step, total - 1) / total) ** exponent
 
 
-def split_cases(names: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Fixed random train/validation split of case names (at least one of each)."""
+def split_cases(names: list[str], fraction: float, seed: int, fold: int | None = None,
+                folds: int = 5) -> tuple[list[str], list[str]]:
+    """Fixed train/validation split of case names by a permutation drawn from ``seed``.
+
+    Validation is the permutation's first ``fraction`` (at least one case, at most all but one) or,
+    with ``fold``, its ``fold``-th of ``folds`` near-equal parts (k-fold cross-validation).
+    """
     if len(names) < 2:
         raise SctconvError("training needs at least two cases (one to train, one to validate), or --val-data")
     order = np.random.default_rng(seed).permutation(len(names))
-    count = min(len(names) - 1, max(1, round(fraction * len(names))))
-    val = sorted(names[i] for i in order[:count])
+    if fold is None:
+        picked = order[:min(len(names) - 1, max(1, round(fraction * len(names))))]
+    elif folds < 2 or not 0 <= fold < folds:
+        raise SctconvError(f"--fold must be 0 to {folds - 1} and --folds at least 2 (got fold {fold} of {folds})")
+    elif len(names) < folds:
+        raise SctconvError(f"{folds} folds need at least {folds} cases; there are {len(names)}")
+    else:
+        picked = np.array_split(order, folds)[fold]
+    val = sorted(names[i] for i in picked)
     return [n for n in names if n not in val], val
+
+
+def choose_cases(config: TrainConfig) -> tuple[list[Case], list[Case], dict]:
+    """Training and validation cases of the configured regions, and how they were split."""
+    cases = select_regions(discover_cases(config.data, config.modality), config.regions)
+    if config.val_data:
+        if config.fold is not None:
+            raise SctconvError("--fold splits --data; it cannot be combined with --val-data")
+        val_cases = select_regions(discover_cases(config.val_data, config.modality), config.regions)
+        return cases, val_cases, {"val_data": str(config.val_data)}
+    train_names, val_names = split_cases([c.name for c in cases], config.val_fraction, config.seed, config.fold,
+                                         config.folds)
+    split = ({"val_fraction": config.val_fraction} if config.fold is None else
+             {"fold": config.fold, "folds": config.folds})
+    return ([c for c in cases if c.name in train_names], [c for c in cases if c.name in val_names],
+            {**split, "seed": config.seed})
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict[int, float]:
@@ -157,20 +202,86 @@ def validate(network: UNet, cases: list[CaseArrays], card: ModelCard, device: st
     return {"val_loss": float(np.mean(losses)), "val_mae": float(np.mean(scores))}
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process among those torchrun started (rank 0 of 1 without torchrun), and its device."""
+
+    device: str
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that validates, prints and writes."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, value: object) -> list:
+        """``value`` of every rank, in rank order."""
+        if self.world == 1:
+            return [value]
+        values: list = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks."""
+        return float(np.mean(self.gather(value)))
+
+
+DISTRIBUTED_TIMEOUT = timedelta(hours=2)
+"""How long ranks wait for each other, e.g. for rank 0's validation (nccl's default is 10 minutes)."""
+
+
+def start_ranks(device: str) -> Ranks:
+    """Join torchrun's process group when ``WORLD_SIZE`` and ``LOCAL_RANK`` are set: nccl with
+    ``cuda:LOCAL_RANK`` on GPUs, gloo on CPU. Without torchrun, one process on ``device``."""
+    device = resolve_device(device)
+    if "WORLD_SIZE" not in os.environ or "LOCAL_RANK" not in os.environ:
+        return Ranks(device)
+    local = int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        if local >= torch.cuda.device_count():
+            raise SctconvError(f"torchrun started local rank {local}, but there are {torch.cuda.device_count()} GPUs")
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=DISTRIBUTED_TIMEOUT)
+    return Ranks(device, dist.get_rank(), dist.get_world_size())
+
+
 def save_checkpoint(path: Path, network: UNet, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, epoch: int, history: list[dict],
-                    rng: np.random.Generator) -> None:
-    """Everything needed to resume, loadable with ``torch.load(weights_only=True)``; atomic."""
+                    rng_states: list[dict]) -> None:
+    """Everything needed to resume, loadable with ``torch.load(weights_only=True)``; atomic.
+
+    ``rng_states`` holds each rank's numpy generator state, in rank order.
+    """
     state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict(), "epoch": epoch, "history": json.dumps(history),
-             "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+             "numpy_rng": json.dumps(rng_states), "torch_rng": torch.get_rng_state()}
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
     partial.replace(path)
 
 
-def make_card(config: TrainConfig, cases: list[Case]) -> tuple[ModelCard, dict]:
-    """The card the run trains towards (sizes, spacing, normalization) and the dataset fingerprint."""
+def network_setup(config: TrainConfig) -> dict:
+    """Architecture, spacing, patch and batch size: from ``config.plan``, else from the preset."""
+    if config.plan:
+        if config.stage == "afp":
+            raise SctconvError("--plan does not apply to stage afp: it keeps the --init model's network")
+        return load_plan(config.plan, None if config.stage == "teacher" else config.modality)
+    preset = PRESETS.get(config.preset)
+    if preset is None:
+        raise SctconvError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
+    return preset
+
+
+def make_card(config: TrainConfig, cases: list[Case], setup: dict) -> tuple[ModelCard, dict]:
+    """The card the run trains towards (sizes, spacing, normalization) and the dataset fingerprint
+    (without its per-case list)."""
     if config.stage == "afp":
         if config.init is None or config.teacher is None:
             raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
@@ -179,58 +290,64 @@ def make_card(config: TrainConfig, cases: list[Case]) -> tuple[ModelCard, dict]:
             raise SctconvError(f"--init model {start.name} converts {start.modality}, not {config.modality}")
         return replace(start, name=config.name, regions=config.regions, metrics={}, training={}), \
             start.training.get("dataset_fingerprint", {})
-    preset = PRESETS.get(config.preset)
-    if preset is None:
-        raise SctconvError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
-    stats = fingerprint(cases, config.modality)
-    ct_norm = Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["ct_mean"], stats["ct_std"])
+    stats = {k: v for k, v in fingerprint(cases, config.modality).items() if k != "per_case"}
+    ct_norm = Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["ct"]["mean"], stats["ct"]["std"])
     if config.stage == "teacher":
         classes = list(GROUPS) if all(c.labels for c in cases) else list(TISSUE_CLASSES)
         return ModelCard(name=config.name, modality="ct", regions=config.regions, task="segmentation",
-                         classes=classes, architecture=teacher_architecture(preset["architecture"], len(classes)),
-                         spacing=preset["spacing"], patch_size=preset["patch_size"], input_normalization=ct_norm,
+                         classes=classes, architecture=teacher_architecture(setup["architecture"], len(classes)),
+                         spacing=setup["spacing"], patch_size=setup["patch_size"], input_normalization=ct_norm,
                          target_normalization=ct_norm, description=config.description), stats
     input_norm = (Normalization("zscore-case") if config.modality == "mr" else
-                  Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["cbct_mean"], stats["cbct_std"]))
+                  Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["cbct"]["mean"], stats["cbct"]["std"]))
     return ModelCard(name=config.name, modality=config.modality, regions=config.regions,
-                     architecture=preset["architecture"], spacing=preset["spacing"], patch_size=preset["patch_size"],
+                     architecture=setup["architecture"], spacing=setup["spacing"], patch_size=setup["patch_size"],
                      input_normalization=input_norm, target_normalization=ct_norm,
                      description=config.description), stats
 
 
 def train(config: TrainConfig, console: Console | None = None) -> Path:
-    """Run one training stage; returns the model folder (``config.out``)."""
-    console = console or Console()
+    """Run one training stage (in this process, or as one of torchrun's); returns the model folder."""
     if config.stage not in STAGES:
         raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
-    device = resolve_device(config.device)
+    ranks = start_ranks(config.device)
+    try:
+        return run_stage(config, ranks, (console or Console()) if ranks.main else Console(quiet=True))
+    finally:
+        if ranks.world > 1:
+            dist.destroy_process_group()
+
+
+def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
+    """The training stage itself, top to bottom; ``console`` is quiet on ranks other than 0."""
+    device = ranks.device
     config.out.mkdir(parents=True, exist_ok=True)
     cache = config.cache or config.out / "cache"
 
     # Data: find the cases, split them, measure the dataset, preprocess once into the cache.
-    cases = discover_cases(config.data, config.modality)
-    if config.val_data:
-        train_cases, val_cases = cases, discover_cases(config.val_data, config.modality)
-    else:
-        train_names, val_names = split_cases([c.name for c in cases], config.val_fraction, config.seed)
-        train_cases = [c for c in cases if c.name in train_names]
-        val_cases = [c for c in cases if c.name in val_names]
-    (config.out / "split.json").write_text(json.dumps(
-        {"train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
+    train_cases, val_cases, split = choose_cases(config)
+    if ranks.main:
+        (config.out / "split.json").write_text(json.dumps(
+            {**split, "train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
     console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
-    card, stats = make_card(config, train_cases)
+    setup = network_setup(config)
+    card, stats = make_card(config, train_cases, setup)
     segmentation = card.task == "segmentation"
     prepare = [lambda c=c: preprocess_case(c, config.modality, card.spacing, card.input_normalization,
                                            card.target_normalization, cache, segmentation)
                for c in train_cases + val_cases]
+    if not ranks.main:
+        ranks.barrier()  # rank 0 fills the cache first; the others then read it
     with Progress(TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
         arrays = [fn() for fn in progress.track(prepare)]
+    if ranks.main:
+        ranks.barrier()
     train_arrays, val_arrays = arrays[:len(train_cases)], arrays[len(train_cases):]
 
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed + ranks.rank)
     network = (load_model(config.init).network if config.init else UNet(card.architecture)).to(device)
     if config.stage == "afp":
         teacher = load_teacher(config.teacher)
@@ -257,12 +374,15 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        rng.bit_generator.state = rank_rng_state(json.loads(state["numpy_rng"]), ranks)
         torch.set_rng_state(state["torch_rng"])
         console.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
-    batch_size = config.batch_size or PRESETS.get(config.preset, PRESETS["small"])["batch_size"]
+    # Several processes: gradients are averaged over the ranks in backward().
+    model = DistributedDataParallel(network) if ranks.world > 1 else network
+    batch_size = config.batch_size or setup["batch_size"]
     console.print(f"network: {card.architecture.kind} U-Net, {count_parameters(network) / 1e6:.2f} M parameters, "
-                  f"patch {card.patch_size}, spacing {card.spacing} mm, batch {batch_size}, device {device}")
+                  f"patch {card.patch_size}, spacing {card.spacing} mm, batch {batch_size}, device {device}"
+                  + (f", {ranks.world} processes" if ranks.world > 1 else ""))
 
     # The loop.
     total_steps = config.epochs * config.iterations
@@ -283,7 +403,7 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                 x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device)
                 y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    loss = loss_of(network(x), y)
+                    loss = loss_of(model(x), y)
                 if not torch.isfinite(loss):
                     raise SctconvError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {it + 1}; "
                                        "lower --lr or check the data")
@@ -295,15 +415,20 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                 scaler.update()
                 losses.append(loss.item())
                 progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": lr,
+        record = {"epoch": epoch + 1, "train_loss": ranks.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - started, 2)}
-        if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-            record.update(validate(network, val_arrays, card, device))
-        history.append(record)
-        console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        save_checkpoint(checkpoint_path, network, optimizer, scaler, epoch, history, rng)
-        save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
-        (config.out / "history.json").write_text(json.dumps(history, indent=2))
+        rng_states = ranks.gather(rng.bit_generator.state)
+        if ranks.main:
+            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                record.update(validate(network, val_arrays, card, device))
+            history.append(record)
+            console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            save_checkpoint(checkpoint_path, network, optimizer, scaler, epoch, history, rng_states)
+            save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
+            (config.out / "history.json").write_text(json.dumps(history, indent=2))
+        ranks.barrier()
+    if not ranks.main:
+        return config.out
 
     # The model folder: weights and card, with metrics measured as `sctconv convert` would produce them.
     console.print("measuring the validation cases on their own grids")
@@ -312,14 +437,26 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                else final_metrics(network, card, val_cases, config.modality, device))
     console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     training = {"stage": config.stage, "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
-                "validation_cases": [c.name for c in val_cases], "dataset_fingerprint": stats,
-                "epochs": config.epochs, "parameters": count_parameters(network)}
+                "validation_cases": [c.name for c in val_cases], "fold": config.fold, "split": split,
+                "dataset_fingerprint": stats, "epochs": config.epochs, "processes": ranks.world,
+                "parameters": count_parameters(network)}
     if config.stage == "afp":
         start = load_model(config.init).card
         training.update(init_model=start.name, init_metrics=start.metrics, teacher=str(config.teacher),
                         afp_l1_weight=config.afp_l1_weight)
     save_model(config.out, replace(card, training=training, metrics=metrics), network)
+    console.print(f"[green]model written to {config.out}[/]")
     return config.out
+
+
+def rank_rng_state(states: list[dict] | dict, ranks: Ranks) -> dict:
+    """This rank's numpy generator state from a checkpoint's (one per rank; a bare state from before
+    multi-process training counts as one rank's)."""
+    states = states if isinstance(states, list) else [states]
+    if len(states) != ranks.world:
+        raise SctconvError(f"the checkpoint was written by {len(states)} process(es); resume it with as many "
+                           f"(torchrun --nproc_per_node {len(states)}, or without torchrun for 1)")
+    return states[ranks.rank]
 
 
 def teacher_metrics(network: UNet, card: ModelCard, cases: list[CaseArrays], device: str) -> dict:

@@ -1,9 +1,11 @@
-"""Training end to end on CPU: stage 1, teacher, AFP stage 2, resume after kill -9, convert."""
+"""Training end to end on CPU: stage 1, teacher, AFP stage 2, resume after kill -9, convert; the
+SynthRAD2025 layout with regions, folds, and torchrun (DistributedDataParallel on gloo)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +18,9 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from sctconv.data import discover_cases, sample_patch, CaseArrays
+from sctconv.data import discover_cases, sample_patch, select_regions, CaseArrays
 from sctconv.errors import SctconvError
+from sctconv.model import load_model
 from sctconv.pipeline import ConvertOptions, convert
 from sctconv.simulate import make_phantom, write_simulated_case
 from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
@@ -25,6 +28,8 @@ from sctconv.train import poly_lr, split_cases
 from tests.conftest import shared_data
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
+SYNTHRAD_CASES = ("TH/1THA001", "TH/1THA002", "AB/1ABA001", "HN/1HNA001", "other/case5")
+"""A tiny SynthRAD2025 Task1 tree: two thorax cases, one abdomen, one head-neck, one of unknown region."""
 
 
 def sctconv(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -47,6 +52,17 @@ def phantom_cases(tmp_path_factory) -> Path:
     return root / "cases"
 
 
+@pytest.fixture(scope="module")
+def synthrad_tree(tmp_path_factory) -> Path:
+    """``Task1/{TH,AB,HN,other}/<case>/{mr,ct,mask}.mha`` with tiny phantoms (3 x 2.5 x 2.5 mm)."""
+    root = tmp_path_factory.mktemp("synthrad")
+    for i, name in enumerate(SYNTHRAD_CASES):
+        ct, _ = make_phantom(np.random.default_rng(i), shape=(16, 48, 56), spacing=(2.5, 2.5, 3.0))
+        sitk.WriteImage(ct, str(root / f"ct{i}.nii.gz"))
+        write_simulated_case(root / f"ct{i}.nii.gz", root / "Task1" / name, "mr", seed=i)
+    return root / "Task1"
+
+
 def test_poly_lr_and_split():
     assert poly_lr(1e-2, 0, 100) == pytest.approx(1e-2)
     assert poly_lr(1e-2, 99, 100) < 1e-3
@@ -55,6 +71,41 @@ def test_poly_lr_and_split():
     assert split_cases([f"c{i}" for i in range(10)], 0.2, seed=3) == (train, val)
     with pytest.raises(SctconvError):
         split_cases(["only"], 0.2, 0)
+
+
+def test_folds_partition_the_cases():
+    names = [f"c{i}" for i in range(12)]
+    validation = [split_cases(names, 0.2, 7, fold=k, folds=5)[1] for k in range(5)]
+    assert sorted(sum(validation, [])) == sorted(names) and [len(v) for v in validation] == [3, 3, 2, 2, 2]
+    assert split_cases(names, 0.2, 7, fold=2, folds=5) == split_cases(names, 0.2, 7, fold=2, folds=5)
+    assert validation != [split_cases(names, 0.2, 8, fold=k, folds=5)[1] for k in range(5)]
+    for fold, folds, count in ((5, 5, 12), (-1, 5, 12), (0, 1, 12), (0, 5, 4)):
+        with pytest.raises(SctconvError):
+            split_cases(names[:count], 0.2, 0, fold=fold, folds=folds)
+
+
+def test_synthrad_regions_come_from_the_folders(synthrad_tree):
+    cases = discover_cases(synthrad_tree, "mr")
+    assert {c.name: c.region for c in cases} == {
+        "TH/1THA001": "thorax", "TH/1THA002": "thorax", "AB/1ABA001": "abdomen", "HN/1HNA001": "head-neck",
+        "other/case5": None}
+    assert [c.name for c in select_regions(cases, ["thorax"])] == ["TH/1THA001", "TH/1THA002", "other/case5"]
+    assert {c.region for c in discover_cases(synthrad_tree / "AB", "mr")} == {"abdomen"}
+    with pytest.raises(SctconvError, match="no cases of region"):
+        select_regions(discover_cases(synthrad_tree / "TH", "mr"), ["abdomen"])
+
+
+def test_train_on_one_region_and_fold(synthrad_tree, tmp_path):
+    out = tmp_path / "model"
+    sctconv("train", "--data", str(synthrad_tree), "--region", "thorax", "--fold", "1", "--folds", "3",
+            "--output", str(out), "--epochs", "1", "--iterations", "1", "--device", "cpu")
+    split = json.loads((out / "split.json").read_text())
+    assert (split["fold"], split["folds"]) == (1, 3)
+    assert sorted(split["train"] + split["validation"]) == ["TH/1THA001", "TH/1THA002", "other/case5"]
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert training["fold"] == 1 and training["validation_cases"] == split["validation"]
+    assert sctconv("train", "--data", str(synthrad_tree), "--fold", "1", "--val-data", str(synthrad_tree),
+                   "--output", str(tmp_path / "bad"), check=False).stderr.startswith("error: --fold")
 
 
 def test_patches_are_centred_in_the_body_and_padded():
@@ -137,3 +188,41 @@ def test_stage1_teacher_afp_then_convert_on_real_ct(tmp_path):
     assert report["model"]["name"] == "afp"
     with pytest.raises(SctconvError, match="not a synthesis model|segmentation"):
         convert(cases / "case0" / "mr.mha", tmp_path / "out2", ConvertOptions(model=str(tmp_path / "teacher")))
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 -m sctconv ARGS`` on CPU (gloo); skipped without torchrun."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "sctconv", *args],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def ddp_model(phantom_cases, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A model trained by two processes (1 epoch of 2 iterations), and the arguments that made it."""
+    out = tmp_path_factory.mktemp("ddp") / "model"
+    args = ["train", "--data", str(phantom_cases), "--output", str(out), "--iterations", "2", "--device", "cpu"]
+    torchrun(*args, "--epochs", "1")
+    return out, args
+
+
+def test_torchrun_trains_a_loadable_model(ddp_model):
+    out, _ = ddp_model
+    model = load_model(out)
+    assert model.card.training["processes"] == 2 and len(model.card.training["validation_cases"]) == 1
+    states = json.loads(torch.load(out / "checkpoint_latest.pt", weights_only=True)["numpy_rng"])
+    assert len(states) == 2 and states[0] != states[1]  # one generator per rank, seeded apart
+
+
+def test_torchrun_resumes_with_every_rank_state(ddp_model):
+    out, args = ddp_model
+    result = torchrun(*args, "--epochs", "2")
+    assert "resumed from" in result.stderr + result.stdout
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    single = sctconv(*args, "--epochs", "3", check=False)
+    assert single.returncode == 1 and "written by 2 process(es)" in single.stderr
+
