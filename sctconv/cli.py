@@ -165,11 +165,20 @@ def models(
     if as_json:
         print(json.dumps([card.to_dict() for _, card in found], indent=2))
         return
-    table = Table("name", "input", "regions", "spacing (z,y,x) mm", "patch", "parameters", "held-out MAE (HU)")
+    table = Table("name", "task", "input", "regions", "spacing (z,y,x) mm", "patch", "parameters",
+                  "validation metrics")
     for _, card in found:
-        mae = card.metrics.get("heldout_mae_hu")
-        table.add_row(card.name, card.modality, ", ".join(card.regions), str(card.spacing), str(card.patch_size),
-                      f"{card.training.get('parameters', 0) / 1e6:.2f} M", f"{mae:.1f}" if mae else "-")
+        metrics = card.metrics
+        if "mae_hu" in metrics:
+            baselines = f"constant soft tissue {metrics['constant_soft_tissue_mae_hu']:.1f}"
+            if "input_cbct_mae_hu" in metrics:
+                baselines += f", uncorrected CBCT {metrics['input_cbct_mae_hu']:.1f}"
+            score = (f"MAE {metrics['mae_hu']:.1f} HU ({baselines}), PSNR {metrics['psnr_db']:.1f} dB, "
+                     f"MS-SSIM {metrics['ms_ssim']:.3f}")
+        else:
+            score = f"mean Dice {metrics['mean_dice']:.3f}" if "mean_dice" in metrics else "-"
+        table.add_row(card.name, card.task, card.modality, ", ".join(card.regions), str(card.spacing),
+                      str(card.patch_size), f"{card.training.get('parameters', 0) / 1e6:.2f} M", score)
     stdout.print(table)
 
 

@@ -10,6 +10,7 @@ ONNX Runtime; both backends take and return float32 batches shaped (B, 1, z, y, 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -89,11 +90,15 @@ def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> 
     network = network.cpu().eval()
     example = torch.zeros((2, network.arch.in_channels, *patch_size), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=256)
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed": irrelevant to this network
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
         program = torch.onnx.export(network, (example,), dynamo=True, input_names=["image"],
                                     output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
                                     verbose=False)
+    quiet.setLevel(level)
     program.save(str(path), external_data=False)
 
 

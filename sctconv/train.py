@@ -478,19 +478,20 @@ SOFT_TISSUE_HU = 40.0
 
 def final_metrics(network: UNet, card: ModelCard, cases: list[Case], modality: str,
                   device: str) -> dict[str, float | int]:
-    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT on each case's own grid, and the
-    MAE of a constant soft-tissue CT inside the body for comparison."""
+    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT on each case's own grid, with
+    baselines: the MAE of a constant soft-tissue CT inside the body, and for CBCT the MAE of the
+    uncorrected CBCT itself."""
     backend = TorchBackend(network, device)
     rows = []
     for case in cases:
         image, ct, mask = load_case_hu(case, modality)
         sct = synthesize(card, backend, image, mask)
         gt, inside = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(mask)
-        row = image_metrics(gt, sitk.GetArrayFromImage(sct), inside)
-        row["constant_mae"] = mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)
+        scores = image_metrics(gt, sitk.GetArrayFromImage(sct), inside)
+        row = {"mae_hu": scores["mae"], "psnr_db": scores["psnr"], "ms_ssim": scores["ms_ssim"]}
+        row["constant_soft_tissue_mae_hu"] = mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)
+        if modality == "cbct":
+            row["input_cbct_mae_hu"] = mae(gt, np.clip(sitk.GetArrayFromImage(image), HU_MIN, HU_MAX), inside)
         rows.append(row)
-    return {"cases": len(rows), "mae_hu": float(np.mean([r["mae"] for r in rows])),
-            "psnr_db": float(np.mean([r["psnr"] for r in rows])),
-            "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
-            "constant_soft_tissue_mae_hu": float(np.mean([r["constant_mae"] for r in rows])),
-            "evaluated_on": "validation cases" if cases else "none"}
+    means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
+    return {"cases": len(rows), **means, "evaluated_on": "validation cases" if cases else "none"}

@@ -72,9 +72,13 @@ def test_shipped_models_load_and_document_themselves():
     for folder, card in found:
         model = load_model(folder)
         modalities.add(card.modality)
-        assert card.metrics["mae_hu"] < card.metrics["constant_soft_tissue_mae_hu"]
         assert card.training["train_cases"] and card.training["validation_cases"]
         assert card.target_normalization.scheme == "zscore-dataset"
         assert model.card.regions
-    assert modalities == {"mr", "cbct"}
+        if card.task == "synthesis":
+            assert card.metrics["mae_hu"] < 0.8 * card.metrics["constant_soft_tissue_mae_hu"]
+            assert (folder / "model.onnx").is_file()
+        else:
+            assert card.metrics["mean_dice"] > 0.5 and card.classes[0] == "background"
+    assert modalities == {"mr", "cbct", "ct"}
     assert sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file()) < 100e6

@@ -42,9 +42,13 @@ for modality in mr cbct; do
         --epochs "$epochs" --iterations "$iterations" --val-every 2 --device auto
 done
 
-for modality in mr cbct; do
-    name=${modality}2ct-small
+# The default AFP teacher: HU tissue classes of the training CTs.
+sctconv train-teacher --data "$work/mr/train" --val-data "$work/mr/heldout" --output "$work/models/ct-teacher-small" \
+    --region head-neck --region thorax --region abdomen --epochs 6 --iterations 150 --val-every 2 --device auto
+
+for name in mr2ct-small cbct2ct-small ct-teacher-small; do
     rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
     cp "$work/models/$name"/{model.safetensors,model.json,curves.png} "$repo/weights/$name/"
-    sctconv export "$name"
 done
+sctconv export mr2ct-small
+sctconv export cbct2ct-small
