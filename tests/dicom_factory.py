@@ -166,13 +166,14 @@ def make_series(
 
     sop_by_k: dict[int, str] = {}
     paths: list[Path] = []
+    series_attributes = dict(
+        modality=modality, series_uid=series_uid, study_uid=study_uid, for_uid=for_uid,
+        patient_id=patient_id, patient_name=patient_name, series_number=series_number,
+        series_description=series_description, body_part=body_part,
+    )
     for (k, ipp), inst in zip(plan, instance_numbers):
-        ds = _base_dataset(
-            modality=modality, series_uid=series_uid, study_uid=study_uid, for_uid=for_uid,
-            patient_id=patient_id, patient_name=patient_name, series_number=series_number,
-            series_description=series_description, body_part=body_part,
-            patient_position=patient_position if write_position else None,
-        )
+        ds = _base_dataset(**series_attributes,
+                           patient_position=patient_position if write_position else None)
         ds.InstanceNumber = inst
         ds.ImagePositionPatient = [round(float(v), 6) for v in ipp]
         ds.ImageOrientationPatient = [round(float(v), 8) for v in (*r, *c)]
@@ -188,12 +189,7 @@ def make_series(
         paths.append(path)
 
     if localizer:
-        ds = _base_dataset(
-            modality=modality, series_uid=series_uid, study_uid=study_uid, for_uid=for_uid,
-            patient_id=patient_id, patient_name=patient_name, series_number=series_number,
-            series_description=series_description, body_part=body_part,
-            patient_position=patient_position,
-        )
+        ds = _base_dataset(**series_attributes, patient_position=patient_position)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
         lr, lc = cosines("coronal", patient_position)
         ds.InstanceNumber = 999
@@ -207,12 +203,7 @@ def make_series(
         paths.append(path)
 
     if minority_size:
-        ds = _base_dataset(
-            modality=modality, series_uid=series_uid, study_uid=study_uid, for_uid=for_uid,
-            patient_id=patient_id, patient_name=patient_name, series_number=series_number,
-            series_description=series_description, body_part=body_part,
-            patient_position=patient_position,
-        )
+        ds = _base_dataset(**series_attributes, patient_position=patient_position)
         ds.InstanceNumber = 998
         ds.ImagePositionPatient = [float(v) for v in origin]
         ds.ImageOrientationPatient = [float(v) for v in (*r, *c)]
