@@ -27,7 +27,7 @@ from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
 from sctconv.model import REGION_ALIASES, Normalization
-from sctconv.teacher import tissue_labels
+from sctconv.teacher import GROUPS, tissue_labels
 from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, normalize, to_model_grid
 
 IMAGE_PATTERNS = ("{}.mha", "{}.nii.gz", "{}.nii", "{}.nrrd", "{}.mhd")
@@ -175,14 +175,17 @@ def fingerprint(cases: list[Case], modality: str) -> dict:
 
 def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, float],
                     input_norm: Normalization, target_norm: Normalization, cache: Path,
-                    segmentation: bool = False) -> CaseArrays:
-    """Resample and normalize one case as inference does, cached as .npz keyed by all settings.
+                    classes: list[str] | None = None) -> CaseArrays:
+    """Resample and normalize one case as inference does, cached as .npz keyed by all settings and
+    by the files' sizes and modification times.
 
-    For synthesis the target ``y`` is the normalized CT; for ``segmentation`` (a teacher) it is the
-    case's label map, or HU tissue classes of the CT when the case has none.
+    For synthesis (``classes`` None) the target ``y`` is the normalized CT. For a segmentation
+    teacher it is the case's label map when ``classes`` are the seven groups (values checked), or
+    the HU tissue classes of the CT otherwise.
     """
-    key = json.dumps([str(case.input.resolve()), str(case.ct.resolve()), str(case.mask), str(case.labels),
-                      modality, spacing, input_norm.__dict__, target_norm.__dict__, segmentation],
+    files = [p for p in (case.input, case.ct, case.mask, case.labels) if p is not None]
+    stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps([stamps, modality, spacing, input_norm.__dict__, target_norm.__dict__, classes],
                      sort_keys=True, default=str)
     path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
@@ -193,11 +196,17 @@ def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, floa
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
     x = normalize(sitk.GetArrayViewFromImage(grid), m, input_norm)
     ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))
-    if not segmentation:
+    if classes is None:
         y = normalize(ct_grid, m, target_norm).astype(np.float32)
-    elif case.labels:
-        labels = to_model_grid(read_label_map(case.labels, ct), spacing, sitk.sitkNearestNeighbor)
-        y = sitk.GetArrayFromImage(labels).astype(np.uint8)
+    elif classes == list(GROUPS):
+        if case.labels is None:
+            raise SctconvError(f"case {case.name} has no labels.* file; every case needs one, or none should")
+        labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
+                                                      sitk.sitkNearestNeighbor))
+        if labels.max() >= len(GROUPS):
+            raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be the "
+                               f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} (sctconv.teacher.group_totalsegmentator)")
+        y = labels.astype(np.uint8)
     else:
         y = tissue_labels(ct_grid, m)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):

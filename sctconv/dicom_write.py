@@ -25,13 +25,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 
 from sctconv.dicom_read import SourceSeries, int_or_none
 from sctconv.errors import SctconvError
+from sctconv.preprocess import HU_MAX, HU_MIN
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SeriesOptions", "write_sct_series", "format_ds"]
 
-HU_MIN = -1024
-HU_MAX = 3071
 RESCALE_INTERCEPT = -1024
 
 # Maximum value lengths (characters) of the string VRs we write (PS3.5 Table 6.2-1).

@@ -92,25 +92,30 @@ def _as_float_volume(image: sitk.Image, path: Path) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def read_label_map(path: Path, reference: sitk.Image) -> sitk.Image:
-    """Read a label map (or mask) and bring it onto ``reference``'s grid by nearest neighbour (uint16)."""
+def _read_on_grid(path: Path, reference: sitk.Image, pixel_type: int, what: str) -> sitk.Image:
+    """Read a 3D scalar image and bring it onto ``reference``'s grid by nearest neighbour."""
     if not path.exists():
-        raise SctconvError(f"label map {path} does not exist")
+        raise SctconvError(f"{what} {path} does not exist")
     try:
-        labels = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError:
-        raise SctconvError(f"cannot read label map {path}") from None
-    if labels.GetDimension() != 3 or labels.GetNumberOfComponentsPerPixel() != 1:
-        raise SctconvError(f"label map {path} is not a 3D scalar image")
-    return sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+        raise SctconvError(f"cannot read {what} {path}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise SctconvError(f"{what} {path} is not a 3D scalar image")
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, pixel_type)
+
+
+def read_label_map(path: Path, reference: sitk.Image) -> sitk.Image:
+    """Read a label map onto ``reference``'s grid (nearest neighbour, uint16)."""
+    return _read_on_grid(path, reference, sitk.sitkUInt16, "label map")
 
 
 def read_mask(path: Path, reference: sitk.Image) -> sitk.Image:
-    """Read a body mask onto ``reference``'s grid; uint8 0/1, refused when empty there."""
-    array = sitk.GetArrayFromImage(read_label_map(path, reference))
+    """Read a body mask onto ``reference``'s grid; any value > 0 is inside; uint8 0/1, refused when empty."""
+    array = sitk.GetArrayFromImage(_read_on_grid(path, reference, sitk.sitkFloat32, "mask")) > 0
     if not array.any():
         raise SctconvError(f"mask {path} is empty on the input's grid (does it belong to this image?)")
-    mask = sitk.GetImageFromArray((array > 0).astype(np.uint8))
+    mask = sitk.GetImageFromArray(array.astype(np.uint8))
     mask.CopyInformation(reference)
     return mask
 

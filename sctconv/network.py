@@ -10,7 +10,7 @@ activation. Sizes come from an :class:`Architecture`, which the model card store
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

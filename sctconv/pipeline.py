@@ -26,11 +26,13 @@ from sctconv.io import InputVolume, read_mask, read_volume, write_image
 from sctconv.mask import body_mask
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
-from sctconv.predict import Backend, OnnxBackend, TorchBackend, export_onnx, resolve_device, sliding_window
-from sctconv.preprocess import HU_MIN, check_finite, denormalize_ct, normalize, to_input_grid, to_model_grid
+from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
+                             resolve_device, sliding_window)
+from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, denormalize_ct, normalize, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 
 ONNX_NAME = "model.onnx"
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -94,7 +96,7 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     hu.CopyInformation(grid)
     sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
     sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
-    out = sitk.GetImageFromArray(np.clip(sct, HU_MIN, 3071.0).astype(np.float32))
+    out = sitk.GetImageFromArray(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32))
     out.CopyInformation(image)
     return out
 
@@ -127,8 +129,6 @@ def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tup
     """The backend asked for, and a note when the ONNX file had to be exported first."""
     if backend == "torch":
         return TorchBackend(model.network, device), None
-    if backend != "onnx":
-        raise SctconvError(f"unknown backend {backend!r}; use torch or onnx")
     path = model.folder / ONNX_NAME
     note = None
     if not path.is_file():
@@ -180,7 +180,11 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     Everything is written into a hidden staging folder beside ``out_dir`` and renamed into place
     at the end, so a failure leaves no output behind.
     """
-    check_output_dir(out_dir, options.overwrite)
+    inputs = (input_path, options.mask, options.like)
+    check_output_dir(out_dir, options.overwrite, inputs)
+    check_window_settings(options.step, options.blend, options.batch_size)
+    if options.backend not in BACKENDS:
+        raise SctconvError(f"unknown backend {options.backend!r}; use torch or onnx")
     timings: dict[str, float] = {}
     notes: list[str] = []
     clock = time.perf_counter()
@@ -218,7 +222,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     lap("mask")
 
     device = resolve_device(options.device)
-    with atomic_output_dir(out_dir, options.overwrite) as staging:
+    with atomic_output_dir(out_dir, options.overwrite, inputs) as staging:
         backend, note = make_backend(model, options.backend, device, staging)
         notes += [note] if note else []
         lap("load_model")

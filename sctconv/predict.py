@@ -99,7 +99,10 @@ def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> 
                                     output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
                                     verbose=False)
     quiet.setLevel(level)
-    program.save(str(path), external_data=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    program.save(str(partial), external_data=False)
+    partial.replace(path)  # never a half-written model.onnx that `convert --backend onnx` would pick up
 
 
 def window_starts(length: int, patch: int, step: float) -> list[int]:
@@ -119,6 +122,16 @@ def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1 / 8) ->
     return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
 
 
+def check_window_settings(step: float, blend: str, batch_size: int) -> None:
+    """Refuse window settings that cannot work, with the option's name."""
+    if not 0 < step <= 1:
+        raise SctconvError(f"--step must be in (0, 1], not {step}")
+    if blend not in ("mean", "gaussian"):
+        raise SctconvError(f"unknown blending {blend!r}; use mean or gaussian")
+    if batch_size < 1:
+        raise SctconvError(f"--batch-size must be at least 1, not {batch_size}")
+
+
 def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
                    blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
     """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
@@ -126,10 +139,7 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
     Returns (C, z, y, x) for a network with C output channels. Volumes smaller than the patch are
     padded with their minimum (air) and cropped back.
     """
-    if not 0 < step <= 1:
-        raise SctconvError(f"--step must be in (0, 1], not {step}")
-    if blend not in ("mean", "gaussian"):
-        raise SctconvError(f"unknown blending {blend!r}; use mean or gaussian")
+    check_window_settings(step, blend, batch_size)
     pad = [(0, max(0, p - s)) for p, s in zip(patch, volume.shape)]
     padded = np.pad(volume, pad, constant_values=float(volume.min())) if any(p[1] for p in pad) else volume
     starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded.shape, patch))))

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_volume, write_image
+from sctconv.preprocess import HU_MAX, HU_MIN
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
 
@@ -34,8 +35,6 @@ PHANTOM_LABELS: dict[str, int] = {
 }
 """Label values in the map returned by :func:`make_phantom`."""
 
-HU_MIN = -1024.0
-HU_MAX = 3071.0
 OUTSIDE_FOV_HU = -1000.0
 """The value of a simulated CBCT outside its cylindrical field of view."""
 
@@ -431,7 +430,7 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
     """
     if modality not in ("mr", "cbct"):
         raise SctconvError(f"--modality must be mr or cbct, not {modality!r}")
-    check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, (ct_path, labels_path))
     ct = read_volume(ct_path).image
     ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)
     labels = read_label_map(labels_path, ct) if labels_path else None
@@ -442,7 +441,7 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
         body &= cbct_field_of_view(simulated)
     mask = sitk.GetImageFromArray(body)
     mask.CopyInformation(ct)
-    with atomic_output_dir(out_dir, overwrite) as staging:
+    with atomic_output_dir(out_dir, overwrite, (ct_path, labels_path)) as staging:
         write_image(simulated, staging / f"{modality}.mha")
         write_image(sitk.Cast(sitk.Round(ct), sitk.sitkInt16), staging / "ct.mha")
         write_image(mask, staging / "mask.mha")

@@ -52,7 +52,7 @@ from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.pipeline import synthesize
 from sctconv.plan import load_plan
 from sctconv.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocess import HU_MAX, HU_MIN
+from sctconv.preprocess import HU_MAX, HU_MIN, denormalize_ct
 from sctconv.preview import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
@@ -193,7 +193,7 @@ def validate(network: UNet, cases: list[CaseArrays], card: ModelCard, device: st
             scores.append(np.mean(list(dice_per_class(pred.argmax(0), case.y, len(card.classes)).values())))
             continue
         losses.append(float(np.abs(pred[0] - case.y).mean()))
-        hu_pred = np.clip(pred[0] * target.std + target.mean, HU_MIN, HU_MAX)
+        hu_pred = denormalize_ct(pred[0], target)
         hu_true = case.y * target.std + target.mean
         scores.append(float(np.abs(hu_pred - hu_true)[case.mask > 0].mean()))
     network.train()
@@ -252,14 +252,20 @@ def start_ranks(device: str) -> Ranks:
     return Ranks(device, dist.get_rank(), dist.get_world_size())
 
 
-def save_checkpoint(path: Path, network: UNet, optimizer: torch.optim.Optimizer,
+def run_identity(config: TrainConfig, card: ModelCard) -> str:
+    """What a checkpoint must have been trained as for this run to resume it (stage and network)."""
+    return json.dumps({"stage": config.stage, "architecture": card.architecture.to_dict(),
+                       "spacing": card.spacing, "patch_size": card.patch_size}, sort_keys=True)
+
+
+def save_checkpoint(path: Path, identity: str, network: UNet, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, epoch: int, history: list[dict],
                     rng_states: list[dict]) -> None:
     """Everything needed to resume, loadable with ``torch.load(weights_only=True)``; atomic.
 
     ``rng_states`` holds each rank's numpy generator state, in rank order.
     """
-    state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"identity": identity, "network": network.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict(), "epoch": epoch, "history": json.dumps(history),
              "numpy_rng": json.dumps(rng_states), "torch_rng": torch.get_rng_state()}
     partial = path.with_suffix(".partial")
@@ -310,6 +316,12 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
     """Run one training stage (in this process, or as one of torchrun's); returns the model folder."""
     if config.stage not in STAGES:
         raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
+    if config.stage != "afp" and (config.init or config.teacher):
+        raise SctconvError("--init and --teacher belong to --stage afp")
+    if config.init and config.init.resolve() == config.out.resolve():
+        raise SctconvError("--output must be a new folder, not the --init model's")
+    if min(config.epochs, config.iterations, config.val_every) < 1:
+        raise SctconvError("--epochs, --iterations and --val-every must be at least 1")
     ranks = start_ranks(config.device)
     try:
         return run_stage(config, ranks, (console or Console()) if ranks.main else Console(quiet=True))
@@ -334,7 +346,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     card, stats = make_card(config, train_cases, setup)
     segmentation = card.task == "segmentation"
     prepare = [lambda c=c: preprocess_case(c, config.modality, card.spacing, card.input_normalization,
-                                           card.target_normalization, cache, segmentation)
+                                           card.target_normalization, cache, card.classes if segmentation else None)
                for c in train_cases + val_cases]
     if not ranks.main:
         ranks.barrier()  # rank 0 fills the cache first; the others then read it
@@ -368,8 +380,12 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     checkpoint_path = config.out / "checkpoint_latest.pt"
     start_epoch, history = 0, []
+    identity = run_identity(config, card)
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state.get("identity") != identity:
+            raise SctconvError(f"{checkpoint_path} belongs to another run (stage or network differ); "
+                               "use a new --output folder")
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -423,7 +439,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 record.update(validate(network, val_arrays, card, device))
             history.append(record)
             console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-            save_checkpoint(checkpoint_path, network, optimizer, scaler, epoch, history, rng_states)
+            save_checkpoint(checkpoint_path, identity, network, optimizer, scaler, epoch, history, rng_states)
             save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
             (config.out / "history.json").write_text(json.dumps(history, indent=2))
         ranks.barrier()

@@ -136,3 +136,20 @@ def test_unreadable_weights_are_refused(phantom_files, tiny_mr_model, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "cannot read weights" in result.stderr.replace("\n", " ")
     assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_holding_the_input_is_refused_even_with_overwrite(phantom_files, tiny_mr_model):
+    folder = phantom_files["mr"].parent
+    with pytest.raises(SctconvError, match="holds the input"):
+        convert(phantom_files["mr"], folder, ConvertOptions(model=str(tiny_mr_model), overwrite=True))
+    assert phantom_files["mr"].exists() and phantom_files["ct"].exists()
+
+
+@pytest.mark.parametrize("option, value", [("step", 0.0), ("blend", "median"), ("batch_size", 0),
+                                           ("backend", "tensorrt")])
+def test_bad_inference_settings_are_refused_before_any_work(option, value, phantom_files, tiny_mr_model, tmp_path):
+    options = ConvertOptions(model=str(tiny_mr_model))
+    setattr(options, option, value)
+    with pytest.raises(SctconvError):
+        convert(phantom_files["mr"], tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()

@@ -226,3 +226,18 @@ def test_torchrun_resumes_with_every_rank_state(ddp_model):
     single = sctconv(*args, "--epochs", "3", check=False)
     assert single.returncode == 1 and "written by 2 process(es)" in single.stderr
 
+
+
+def test_misused_stages_and_foreign_checkpoints_are_refused(phantom_cases, tmp_path):
+    l1 = tmp_path / "l1"
+    sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr", "--epochs", "1",
+            "--iterations", "1", "--device", "cpu")
+    init_on_l1 = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
+                         "--init", str(l1), check=False)
+    assert init_on_l1.returncode == 1 and "belong to --stage afp" in init_on_l1.stderr
+    into_init = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
+                        str(phantom_cases), "--output", str(l1), "--task", "mr", check=False)
+    assert into_init.returncode == 1 and "new folder" in into_init.stderr
+    other_network = sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr",
+                            "--preset", "paper", "--epochs", "1", "--iterations", "1", "--device", "cpu", check=False)
+    assert other_network.returncode == 1 and "belongs to another run" in other_network.stderr
