@@ -456,7 +456,6 @@ class _Stack:
 
     uid: str
     entries: list[_Entry]
-    dropped_note: str = ""
     problem: str | None = None
 
     @property
@@ -578,7 +577,7 @@ def _split_series(uid: str, entries: list[_Entry]) -> list[_Stack]:
         "series %s: keeping the %d images %dx%d %s and dropping %s",
         label, len(kept[3]), kept[2], kept[1], _orientation_name(kept[0]), note,
     )
-    return [_Stack(uid, kept[3], dropped_note=note)]
+    return [_Stack(uid, kept[3])]
 
 
 # --------------------------------------------------------------------------------------------

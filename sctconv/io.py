@@ -20,7 +20,6 @@ class InputVolume:
     """The volume to convert, and its DICOM series when it came from one."""
 
     image: sitk.Image  # float32, 3D, one component
-    path: Path
     source: SourceSeries | None = None
 
     @property
@@ -37,9 +36,7 @@ def read_volume(path: Path, series: str | None = None, allow_uneven: bool = Fals
         raise SctconvError(f"input {path} does not exist")
     if is_dicom_path(path):
         source = read_dicom_series(path, series, allow_uneven)
-        return InputVolume(image=_as_float_volume(source.image, path), path=path, source=source)
-    if path.is_dir():
-        raise SctconvError(f"input folder {path} holds no DICOM image series")
+        return InputVolume(image=_as_float_volume(source.image, path), source=source)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
@@ -49,7 +46,7 @@ def read_volume(path: Path, series: str | None = None, allow_uneven: bool = Fals
     bad = nifti_nonfinite_count(path)
     if bad:
         raise SctconvError(f"{path} holds {bad} NaN or infinite voxel(s); fix the input first")
-    return InputVolume(image=_as_float_volume(image, path), path=path)
+    return InputVolume(image=_as_float_volume(image, path))
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}

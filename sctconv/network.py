@@ -21,7 +21,7 @@ from torch import nn
 class Architecture:
     """Network sizes; axes of kernels and strides are (z, y, x)."""
 
-    kind: str = "residual"  # "residual" (nnResU-Net) or "plain" (nnU-Net's conv-conv stages)
+    kind: str = "residual"  # "residual" blocks (nnResU-Net) or "plain" conv-norm-act layers (nnU-Net's)
     features: tuple[int, ...] = (32, 64, 128, 256, 320, 320)
     strides: tuple[tuple[int, int, int], ...] = (
         (1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
@@ -136,17 +136,15 @@ class UNet(nn.Module):
         f, k = arch.features, arch.kernel_sizes
         self.stem = ConvNormAct(arch.in_channels, f[0], k[0]) if arch.kind == "residual" else nn.Identity()
         first_in = f[0] if arch.kind == "residual" else arch.in_channels
-        plain_blocks = [2] * len(f)
         self.encoder = nn.ModuleList()
         for i in range(len(f)):
-            blocks = arch.encoder_blocks[i] if arch.kind == "residual" else plain_blocks[i]
-            self.encoder.append(_stage(arch.kind, first_in if i == 0 else f[i - 1], f[i], k[i], arch.strides[i], blocks))
+            self.encoder.append(_stage(arch.kind, first_in if i == 0 else f[i - 1], f[i], k[i], arch.strides[i],
+                                       arch.encoder_blocks[i]))
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in reversed(range(len(f) - 1)):
             self.upsample.append(UpsampleConv(f[i + 1], f[i]))
-            blocks = arch.decoder_blocks[i] if arch.kind == "residual" else 2
-            self.decoder.append(_stage(arch.kind, 2 * f[i], f[i], k[i], (1, 1, 1), blocks))
+            self.decoder.append(_stage(arch.kind, 2 * f[i], f[i], k[i], (1, 1, 1), arch.decoder_blocks[i]))
         self.head = nn.Conv3d(f[0], arch.out_channels, 1, bias=True)
 
     def _run(self, x: torch.Tensor, collect: list[torch.Tensor] | None) -> torch.Tensor:
