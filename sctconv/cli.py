@@ -216,11 +216,11 @@ def evaluate(
     device: Annotated[str, typer.Option(help="Segmentation device: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Score sCTs against CTs as SynthRAD2025 does: MAE, PSNR, MS-SSIM (Dice and HD95 with --segmenter)."""
-    from sctconv.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, evaluate_files, evaluate_folders, json_safe,
-                                  load_segmenter, summarize, write_csv)
+    from sctconv.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, convert_output_image, evaluate_files,
+                                  evaluate_folders, json_safe, load_segmenter, summarize, write_csv)
 
     model = load_segmenter(segmenter, device) if segmenter else None
-    folders = pred.is_dir() and gt.is_dir()
+    folders = pred.is_dir() and gt.is_dir() and convert_output_image(pred) is None
     if folders:
         with _progress() as progress:
             rows = evaluate_folders(pred, gt, mask, model, progress)

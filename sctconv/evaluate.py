@@ -183,8 +183,15 @@ def evaluate_case(sct: sitk.Image, ct: sitk.Image, mask: sitk.Image, segmenter: 
     return result
 
 
+def convert_output_image(path: Path) -> Path | None:
+    """The ``sct.*`` image of a `sctconv convert` output folder, or None when ``path`` is not one."""
+    return _find_image(path, "sct") if path.is_dir() else None
+
+
 def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Segmenter | None = None) -> dict[str, Any]:
-    """:func:`evaluate_case` on image files (or DICOM); without ``mask``, the CT's body (HU > -500)."""
+    """:func:`evaluate_case` on image files (or DICOM); ``sct`` may be a `sctconv convert` output
+    folder. Without ``mask``, the CT's body (HU > -500)."""
+    sct = convert_output_image(sct) or sct
     for path, what in ((sct, "sCT"), (ct, "CT"), (mask, "mask")):
         if path is not None and not path.exists():
             raise SctconvError(f"{what} {path} does not exist")

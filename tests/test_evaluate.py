@@ -27,7 +27,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from sctconv.errors import SctconvError
-from sctconv.evaluate import dice_hd95, evaluate_case, find_cases, segmentation_metrics, summarize
+from sctconv.evaluate import dice_hd95, evaluate_case, evaluate_files, find_cases, segmentation_metrics, summarize
 from sctconv.metrics import image_metrics
 from sctconv.model import ModelCard, Normalization, save_model
 from sctconv.network import UNet
@@ -245,3 +245,17 @@ def test_cli_with_a_segmentation_model(tmp_path):
     # The same image on both sides: every structure the random network finds matches perfectly.
     assert result["missing_classes"] == [] and set(result["dice_per_class"].values()) <= {1.0}
     assert result["dice"] in (1.0, None) and result["hd95"] in (0.0, None)
+
+
+def test_a_convert_output_folder_is_a_prediction(tmp_path):
+    """`sctconv evaluate out/ ct.nii.gz`: the folder's sct.* is scored against the CT file."""
+    rng = np.random.default_rng(5)
+    ct = (rng.normal(0, 200, (12, 20, 24))).astype(np.float32)
+    out = tmp_path / "out"
+    out.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(ct + 10), str(out / "sct.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(ct), str(tmp_path / "ct.nii.gz"))
+    mask = np.ones(ct.shape, np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "mask.nii.gz"))
+    scores = evaluate_files(out, tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz")
+    assert scores["mae"] == pytest.approx(10.0, abs=1e-3)
