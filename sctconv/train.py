@@ -47,7 +47,7 @@ from sctconv.data import (Case, CaseArrays, discover_cases, fingerprint, load_ca
                           select_regions)
 from sctconv.errors import SctconvError
 from sctconv.metrics import image_metrics, mae
-from sctconv.model import ModelCard, Normalization, load_model, save_model
+from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.pipeline import synthesize
 from sctconv.plan import load_plan
@@ -285,13 +285,13 @@ def network_setup(config: TrainConfig) -> dict:
     return preset
 
 
-def make_card(config: TrainConfig, cases: list[Case], setup: dict) -> tuple[ModelCard, dict]:
+def make_card(config: TrainConfig, cases: list[Case], setup: dict, init: Model | None) -> tuple[ModelCard, dict]:
     """The card the run trains towards (sizes, spacing, normalization) and the dataset fingerprint
-    (without its per-case list)."""
+    (without its per-case list); for afp, those of the ``init`` model."""
     if config.stage == "afp":
-        if config.init is None or config.teacher is None:
+        if init is None or config.teacher is None:
             raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
-        start = load_model(config.init).card
+        start = init.card
         if start.modality != config.modality:
             raise SctconvError(f"--init model {start.name} converts {start.modality}, not {config.modality}")
         return replace(start, name=config.name, regions=config.regions, metrics={}, training={}), \
@@ -343,7 +343,8 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
             {**split, "train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
     console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
     setup = network_setup(config)
-    card, stats = make_card(config, train_cases, setup)
+    init = load_model(config.init) if config.init else None
+    card, stats = make_card(config, train_cases, setup, init)
     segmentation = card.task == "segmentation"
     prepare = [lambda c=c: preprocess_case(c, config.modality, card.spacing, card.input_normalization,
                                            card.target_normalization, cache, card.classes if segmentation else None)
@@ -360,7 +361,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed + ranks.rank)
-    network = (load_model(config.init).network if config.init else UNet(card.architecture)).to(device)
+    network = (init.network if init else UNet(card.architecture)).to(device)
     if config.stage == "afp":
         teacher = load_teacher(config.teacher)
         teacher.model.network.to(device)
@@ -456,9 +457,8 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 "validation_cases": [c.name for c in val_cases], "fold": config.fold, "split": split,
                 "dataset_fingerprint": stats, "epochs": config.epochs, "processes": ranks.world,
                 "parameters": count_parameters(network)}
-    if config.stage == "afp":
-        start = load_model(config.init).card
-        training.update(init_model=start.name, init_metrics=start.metrics, teacher=str(config.teacher),
+    if init is not None:
+        training.update(init_model=init.card.name, init_metrics=init.card.metrics, teacher=str(config.teacher),
                         afp_l1_weight=config.afp_l1_weight)
     save_model(config.out, replace(card, training=training, metrics=metrics), network)
     console.print(f"[green]model written to {config.out}[/]")
