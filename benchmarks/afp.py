@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sctconv.data import discover_cases, load_case_hu
-from sctconv.evaluate import segmentation_metrics
+from sctconv.data import discover_cases
+from sctconv.prepare import load_case_hu
+from sctconv.evaluate import segment, segmentation_metrics
 from sctconv.metrics import image_metrics, mae
 from sctconv.model import load_model
 from sctconv.pipeline import synthesize
@@ -45,8 +46,8 @@ def main() -> None:
             scores = image_metrics(gt, pred, inside)
             bone = inside * (gt > 300)
             soft = inside * (gt > -100) * (gt <= 300)
-            labels_ct = sitk.GetArrayFromImage(teacher.segment(ct))
-            labels_sct = sitk.GetArrayFromImage(teacher.segment(sct))
+            labels_ct = sitk.GetArrayFromImage(segment(teacher, ct))
+            labels_sct = sitk.GetArrayFromImage(segment(teacher, sct))
             seg = segmentation_metrics(labels_ct, labels_sct, ct.GetSpacing()[::-1])
             rows.append([scores["mae"], scores["psnr"], scores["ms_ssim"], mae(gt, pred, bone), mae(gt, pred, soft),
                          seg["dice"]])

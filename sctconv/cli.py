@@ -103,6 +103,10 @@ def convert(
     series_number: Annotated[Optional[int], typer.Option(min=0, max=2**31 - 1, help="DICOM SeriesNumber (default: "
                                                          "the source's + 1000).")] = None,
     manufacturer: Annotated[str, typer.Option(help="DICOM Manufacturer of the sCT series.")] = "sctconv",
+    manufacturer_model_name: Annotated[str, typer.Option(help="DICOM ManufacturerModelName; with --station-name, "
+                                                              "what a planning system may match its CT-to-density "
+                                                              "table by.")] = "sctconv",
+    station_name: Annotated[Optional[str], typer.Option(help="DICOM StationName (default: none).")] = None,
     institution_name: Annotated[Optional[str], typer.Option(help="DICOM InstitutionName (default: the source's).")] = None,
     kvp: Annotated[Optional[float], typer.Option(min=0, help="DICOM KVP to write (default: empty).")] = None,
     patient_id: Annotated[Optional[str], typer.Option(help="PatientID for a non-DICOM input.")] = None,
@@ -117,6 +121,10 @@ def convert(
 
     if image_format not in ("nii.gz", "mha"):
         raise SctconvError(f"--format must be nii.gz or mha, not {image_format!r}")
+    for flag, value, limit in (("--manufacturer-model-name", manufacturer_model_name, 64),
+                               ("--station-name", station_name, 16)):
+        if value and len(value) > limit:  # a truncated name would not match the planning system's table
+            raise SctconvError(f"{flag} holds at most {limit} characters in DICOM; {value!r} has {len(value)}")
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
@@ -124,6 +132,7 @@ def convert(
         series_options=SeriesOptions(series_description=series_description or "", patient_id=patient_id,
                                      patient_name=patient_name, synthetic_data=synthetic_data_tag,
                                      series_number=series_number, manufacturer=manufacturer,
+                                     manufacturer_model_name=manufacturer_model_name, station_name=station_name,
                                      institution_name=institution_name, kvp=None if kvp is None else str(kvp)))
     with _progress() as progress:
         report = run_convert(input, output, options, None if quiet else progress)
@@ -190,8 +199,7 @@ def export(
 ) -> None:
     """Export a model to ONNX (for `convert --backend onnx`)."""
     from sctconv.model import load_model, resolve_model
-    from sctconv.pipeline import ONNX_NAME
-    from sctconv.predict import export_onnx
+    from sctconv.predict import ONNX_NAME, export_onnx
 
     loaded = load_model(resolve_model(model, "", None))
     path = output or loaded.folder / ONNX_NAME
@@ -279,12 +287,19 @@ def plan_command(
     output: Annotated[Path, typer.Option(help="Plan file to write.")] = Path("plan.json"),
 ) -> None:
     """Fingerprint a dataset and plan spacing, network depth, patch and batch size (for train --plan)."""
+    from sctconv.data import discover_cases, select_regions
     from sctconv.model import MODALITIES, canonical_region
-    from sctconv.plan import plan_dataset, write_plan
+    from sctconv.plan import plan_document, write_plan
+    from sctconv.prepare import fingerprint_cases
 
     if modality not in MODALITIES:
         raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
-    plan = plan_dataset(data, modality, [canonical_region(r) for r in region or []], gpu_memory, network, console)
+    regions = [canonical_region(r) for r in region or []]
+    cases = discover_cases(data, modality)
+    cases = select_regions(cases, regions) if regions else cases
+    console.print(f"fingerprinting {len(cases)} cases")
+    plan = plan_document(fingerprint_cases(cases, modality), data, modality,
+                         regions or sorted({c.region for c in cases if c.region}), gpu_memory, network)
     write_plan(plan, output)
     setup, reasons = plan["configuration"], plan["configuration"]["reasoning"]
     console.print(f"spacing {' x '.join(f'{v:.3g}' for v in setup['spacing'])} mm, patch "
@@ -294,11 +309,41 @@ def plan_command(
     console.print(f"[green]plan written to {output}[/]")
 
 
+@app.command("prepare")
+@user_errors
+def prepare_command(
+    data: Annotated[Path, typer.Option(help="Paired cases, as for sctconv train.")],
+    output: Annotated[Path, typer.Option(help="Prepared dataset folder to write (dataset.json and one .npz per case).")],
+    modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct; ct for CT-only teacher data.")] = "mr",
+    region: Annotated[list[str], typer.Option(help="Region(s); repeat for several (as for train).")] = ["thorax"],
+    preset: Annotated[Optional[str], typer.Option(help="small (the default) or paper: the spacing to prepare at.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
+) -> None:
+    """Read raw cases once into a prepared dataset (model grid, cropped to the body, no identifiers
+    or paths) that sctconv train --data reads anywhere, without the raw images or SimpleITK."""
+    from sctconv.data import discover_cases, select_regions
+    from sctconv.model import canonical_region
+    from sctconv.prepare import prepare_dataset
+    from sctconv.train import network_setup
+
+    if modality not in ("mr", "cbct", "ct"):
+        raise SctconvError(f"--task must be mr, cbct or ct, not {modality!r}")
+    if preset and plan:
+        raise SctconvError("--preset and --plan are alternatives; give one")
+    spacing = network_setup(preset or "small", plan, None if modality == "ct" else modality)["spacing"]
+    cases = select_regions(discover_cases(data, modality), [canonical_region(r) for r in region])
+    prepared = prepare_dataset(cases, modality, spacing, output, console)
+    size = sum(c.path.stat().st_size for c in prepared) / 2 ** 20
+    console.print(f"[green]{len(prepared)} cases prepared at {' x '.join(f'{v:g}' for v in spacing)} mm in "
+                  f"{output} ({size:.1f} MiB)[/]")
+
+
 @app.command("train")
 @user_errors
 def train_command(
-    data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.*, or SynthRAD2025's "
-                                            "Task1/ or Task2/ with HN, TH, AB region folders.")],
+    data: Annotated[Path, typer.Option(help="Paired cases: <case>/{mr|cbct|input,ct,mask}.*, SynthRAD2025's "
+                                            "Task1/ or Task2/ with HN, TH, AB region folders, or a prepared "
+                                            "dataset (sctconv prepare).")],
     output: Annotated[Path, typer.Option(help="Model folder to write (checkpoints, curves, weights, card); "
                                               "an existing checkpoint there is resumed.")],
     modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
@@ -323,7 +368,9 @@ def train_command(
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache (default: <output>/cache).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Where raw cases are prepared (default: <output>/cache; "
+                                                       "a prepared dataset that --data can name later).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Export model.onnx at the end.")] = True,
 ) -> None:
     """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper.
 
@@ -340,7 +387,7 @@ def train_command(
                   stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
                   val_data=val_data, fold=fold, folds=folds, epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
-                  seed=seed, device=device, cache=cache)
+                  seed=seed, device=device, cache=cache, onnx=onnx)
 
 
 @app.command("train-teacher")

@@ -1,6 +1,6 @@
-"""Paired training data: finding cases on disk, preprocessing them once into a cache, sampling patches.
+"""Paired training data: finding cases on disk, prepared datasets, training arrays and patches.
 
-Two layouts are understood, both searched recursively under the data folder:
+Two layouts of raw cases are understood, both searched recursively under the data folder:
 
 - SynthRAD2025: ``<case>/mr.mha`` (or ``cbct.mha``), ``<case>/ct.mha``, ``<case>/mask.mha``, with the
   cases of the release grouped in region folders ``Task1/{HN,TH,AB}/<case>`` (``Task2`` for CBCT);
@@ -9,35 +9,38 @@ Two layouts are understood, both searched recursively under the data folder:
 A case's region is known when the data folder or a folder between it and the case is named HN, TH
 or AB; :func:`select_regions` keeps the cases of the wanted regions and those of unknown region.
 
-Preprocessing is the inference path's own (:func:`sctconv.preprocess.to_model_grid` and
-:func:`sctconv.preprocess.normalize`), so training and conversion see identical inputs.
+Raw cases are read once (:mod:`sctconv.prepare`) into a *prepared dataset*: a folder with
+``dataset.json`` and one ``.npz`` per case holding the input and the CT (HU) on the model's grid,
+cropped to the body, with the body mask, the label map when there is one, and the case's
+fingerprint (spacing, shape and foreground intensity sums and samples on its own grid). A
+prepared dataset holds no patient identifiers and no file paths; training reads it with numpy
+alone, so it can be copied to a GPU machine without the raw images (or SimpleITK).
+Normalization happens when the arrays are loaded (:func:`case_arrays`), so one prepared dataset
+serves any statistics.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.io import read_label_map, read_mask, read_volume
-from sctconv.mask import body_mask
-from sctconv.model import REGION_ALIASES, Normalization
+from sctconv.files import find_image
+from sctconv.model import REGION_ALIASES, ModelCard
+from sctconv.normalize import normalize
 from sctconv.teacher import GROUPS, tissue_labels
-from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, normalize, to_model_grid
 
-IMAGE_PATTERNS = ("{}.mha", "{}.nii.gz", "{}.nii", "{}.nrrd", "{}.mhd")
-PERCENTILE_SAMPLES = 10_000
-"""Foreground voxels drawn per case for the intensity percentiles (nnU-Net's fingerprint does the same)."""
+PREPARED_FORMAT = "sctconv-prepared"
+PREPARED_VERSION = 1
+DATASET_FILE = "dataset.json"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One paired case: input (MR or CBCT), CT and an optional body mask."""
+    """One paired case on disk: input (MR or CBCT), CT and an optional body mask and label map."""
 
     name: str
     input: Path
@@ -47,9 +50,192 @@ class Case:
     region: str | None = None  # "head-neck", "thorax" or "abdomen" when a parent folder says so
 
 
+def discover_cases(root: Path, modality: str) -> list[Case]:
+    """All case folders under ``root`` that hold an input of ``modality`` and a CT."""
+    if not root.is_dir():
+        raise SctconvError(f"data folder {root} does not exist")
+    stems = {"mr": ("mr", "input"), "cbct": ("cbct", "input"), "ct": ("ct",)}[modality]
+    cases = []
+    for folder in sorted({p.parent for p in root.rglob("ct.*")}):
+        source, ct = find_image(folder, *stems), find_image(folder, "ct")
+        if source and ct:
+            relative = folder.relative_to(root)
+            parents = [root.resolve().name, *relative.parts[:-1]]
+            regions = [REGION_ALIASES[p.lower()] for p in parents if p.lower() in REGION_ALIASES]
+            cases.append(Case(relative.as_posix() if relative.parts else folder.name, source, ct,
+                              find_image(folder, "mask"), find_image(folder, "labels"),
+                              regions[-1] if regions else None))
+    if not cases:
+        raise SctconvError(f"no paired {modality} cases under {root} (expected <case>/{stems[0]}.mha and "
+                           "<case>/ct.mha, or <case>/input.* and <case>/ct.*)")
+    return cases
+
+
+def select_regions(cases: list, regions: list[str]) -> list:
+    """The cases (raw or prepared) of ``regions`` and those whose region is unknown (an error when none is left)."""
+    kept = [c for c in cases if c.region is None or c.region in regions]
+    if not kept:
+        found = sorted({c.region for c in cases if c.region})
+        raise SctconvError(f"no cases of region {', '.join(regions)} (the data holds {', '.join(found)}); "
+                           "pass --region for one of those")
+    return kept
+
+
+@dataclass
+class Intensities:
+    """Foreground intensities of one case or several: exact sums for mean and std, a sample for percentiles."""
+
+    total: float
+    squares: float
+    count: int
+    sample: np.ndarray
+
+    SAMPLE_SIZE = 10_000
+    """Voxels drawn per case for the percentiles (nnU-Net's fingerprint does the same)."""
+
+    @classmethod
+    def of(cls, values: np.ndarray, rng: np.random.Generator) -> Intensities:
+        values = values.astype(np.float64, copy=False).ravel()
+        return cls(float(values.sum()), float(np.square(values).sum()), values.size,
+                   rng.choice(values, min(values.size, cls.SAMPLE_SIZE), replace=False).astype(np.float32))
+
+    @classmethod
+    def merge(cls, parts: list[Intensities]) -> Intensities:
+        return cls(sum(p.total for p in parts), sum(p.squares for p in parts), sum(p.count for p in parts),
+                   np.concatenate([p.sample for p in parts]) if parts else np.zeros(0, np.float32))
+
+    def summary(self) -> dict[str, float]:
+        """mean, std, percentile_00_5, percentile_99_5 (nnU-Net's names)."""
+        if not self.count:
+            raise SctconvError("the body masks of the cases are empty; no foreground to measure")
+        mean = self.total / self.count
+        return {"mean": mean, "std": float(np.sqrt(max(self.squares / self.count - mean ** 2, 0.0))),
+                "percentile_00_5": float(np.percentile(self.sample, 0.5)),
+                "percentile_99_5": float(np.percentile(self.sample, 99.5))}
+
+
+@dataclass
+class Measurement:
+    """One case's fingerprint on its own grid: spacing and shape (z, y, x, once in LPS) and the
+    foreground intensities of the CT and, for CBCT, of the CBCT clipped to the CT range."""
+
+    name: str
+    region: str | None
+    spacing: list[float]
+    shape: list[int]
+    ct: Intensities
+    cbct: Intensities | None = None
+
+
+def fingerprint(measurements: list[Measurement]) -> dict:
+    """Dataset fingerprint: each case's spacing and shape and their medians, and the foreground
+    statistics of the CT (and of the CBCT when measured), every voxel for mean and std, the samples
+    for the 0.5 and 99.5 percentiles."""
+    per_case = [{"name": m.name, "region": m.region, "spacing": m.spacing, "shape": m.shape} for m in measurements]
+    result = {"cases": len(measurements), "median_spacing": np.median([m.spacing for m in measurements], 0).tolist(),
+              "median_shape": np.median([m.shape for m in measurements], 0).tolist(),
+              "ct": Intensities.merge([m.ct for m in measurements]).summary()}
+    if measurements and measurements[0].cbct is not None:
+        result["cbct"] = Intensities.merge([m.cbct for m in measurements]).summary()
+    return {**result, "per_case": per_case}
+
+
+@dataclass
+class PreparedArrays:
+    """A prepared case's arrays on the model grid: input as read (None for CT-only data), CT in HU,
+    body mask, label map (None without one)."""
+
+    input: np.ndarray | None
+    ct: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case of a prepared dataset: its ``.npz`` and, when prepared on this machine, the raw files."""
+
+    name: str
+    region: str | None
+    path: Path
+    labels: bool
+    source: Case | None = None
+
+    def measurement(self) -> Measurement:
+        """The case's fingerprint, stored beside its arrays."""
+        with np.load(self.path) as data:
+            meta = json.loads(str(data["meta"]))
+            samples = {key: data[f"{key}_sample"] for key in ("ct", "cbct") if f"{key}_sample" in data}
+        intensities = {key: Intensities(**meta[key], sample=sample) for key, sample in samples.items()}
+        return Measurement(self.name, self.region, meta["spacing"], meta["shape"], intensities["ct"],
+                           intensities.get("cbct"))
+
+    def load(self) -> PreparedArrays:
+        with np.load(self.path) as data:
+            return PreparedArrays(data["input"] if "input" in data else None, data["ct"].astype(np.float32),
+                                  data["mask"], data["labels"] if "labels" in data else None)
+
+
+def save_prepared_case(path: Path, arrays: PreparedArrays, measurement: Measurement) -> None:
+    """Write one prepared case atomically (an interrupted run or a second process never reads half a file).
+
+    The CT is stored as whole HU (int16), the input as float32, compressed.
+    """
+    meta = {"spacing": measurement.spacing, "shape": measurement.shape}
+    stored = {"ct": np.round(arrays.ct).astype(np.int16), "mask": arrays.mask.astype(np.uint8)}
+    if arrays.input is not None:
+        stored["input"] = arrays.input.astype(np.float32)
+    if arrays.labels is not None:
+        stored["labels"] = arrays.labels
+    for key in ("ct", "cbct"):
+        part = getattr(measurement, key)
+        if part is not None:
+            meta[key] = {"total": part.total, "squares": part.squares, "count": part.count}
+            stored[f"{key}_sample"] = part.sample
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as file:
+        np.savez_compressed(file, meta=np.array(json.dumps(meta)), **stored)
+    partial.replace(path)
+
+
+def write_dataset_index(folder: Path, modality: str, spacing: tuple[float, float, float],
+                        cases: list[PreparedCase]) -> None:
+    """Write ``dataset.json``, which makes ``folder`` a prepared dataset that training reads directly."""
+    index = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION, "task": modality, "spacing": list(spacing),
+             "cases": [{"name": c.name, "region": c.region, "file": c.path.name, "labels": c.labels} for c in cases]}
+    partial = folder / f"{DATASET_FILE}.partial"
+    partial.write_text(json.dumps(index, indent=2))
+    partial.replace(folder / DATASET_FILE)
+
+
+def is_prepared(folder: Path) -> bool:
+    """Whether ``folder`` is a prepared dataset (it holds ``dataset.json``)."""
+    return (folder / DATASET_FILE).is_file()
+
+
+def open_prepared(folder: Path) -> tuple[str, tuple[float, float, float], list[PreparedCase]]:
+    """The task, spacing (z, y, x) and cases of the prepared dataset in ``folder``."""
+    try:
+        index = json.loads((folder / DATASET_FILE).read_text())
+        if index.get("format") != PREPARED_FORMAT or index.get("version") != PREPARED_VERSION:
+            raise SctconvError(f"{folder} is not a prepared dataset of this sctconv version; prepare it again")
+        cases = [PreparedCase(c["name"], c["region"], folder / c["file"], bool(c["labels"])) for c in index["cases"]]
+        spacing = tuple(float(s) for s in index["spacing"])
+        task = str(index["task"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SctconvError(f"cannot read prepared dataset {folder}: {exc}") from None
+    missing = [c.path.name for c in cases if not c.path.is_file()]
+    if missing:
+        raise SctconvError(f"prepared dataset {folder} lacks {len(missing)} case file(s), e.g. {missing[0]}")
+    if not cases:
+        raise SctconvError(f"prepared dataset {folder} holds no cases")
+    return task, (spacing[0], spacing[1], spacing[2]), cases
+
+
 @dataclass
 class CaseArrays:
-    """A preprocessed case at the model's spacing: normalized input and CT, body mask, HU CT."""
+    """A case ready for training: normalized input, target (normalized CT or class labels), body mask."""
 
     name: str
     x: np.ndarray
@@ -61,162 +247,31 @@ class CaseArrays:
         self.body_voxels = np.flatnonzero(self.mask)
 
 
-def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
-    for stem in stems:
-        for pattern in IMAGE_PATTERNS:
-            path = folder / pattern.format(stem)
-            if path.is_file():
-                return path
-    return None
+def case_arrays(case: PreparedCase, card: ModelCard) -> CaseArrays:
+    """Normalize a prepared case as inference does, for the model of ``card``.
 
-
-def discover_cases(root: Path, modality: str) -> list[Case]:
-    """All case folders under ``root`` that hold an input of ``modality`` and a CT."""
-    if not root.is_dir():
-        raise SctconvError(f"data folder {root} does not exist")
-    stems = {"mr": ("mr", "input"), "cbct": ("cbct", "input"), "ct": ("ct",)}[modality]
-    cases = []
-    for folder in sorted({p.parent for p in root.rglob("ct.*")}):
-        source, ct = _find(folder, stems), _find(folder, ("ct",))
-        if source and ct:
-            relative = folder.relative_to(root)
-            parents = [root.resolve().name, *relative.parts[:-1]]
-            regions = [REGION_ALIASES[p.lower()] for p in parents if p.lower() in REGION_ALIASES]
-            cases.append(Case(relative.as_posix() if relative.parts else folder.name, source, ct,
-                              _find(folder, ("mask",)), _find(folder, ("labels",)),
-                              regions[-1] if regions else None))
-    if not cases:
-        raise SctconvError(f"no paired {modality} cases under {root} (expected <case>/{stems[0]}.mha and "
-                           "<case>/ct.mha, or <case>/input.* and <case>/ct.*)")
-    return cases
-
-
-def select_regions(cases: list[Case], regions: list[str]) -> list[Case]:
-    """The cases of ``regions`` and those whose region is unknown (an error when none is left)."""
-    kept = [c for c in cases if c.region is None or c.region in regions]
-    if not kept:
-        found = sorted({c.region for c in cases if c.region})
-        raise SctconvError(f"no cases of region {', '.join(regions)} (the data holds {', '.join(found)}); "
-                           "pass --region for one of those")
-    return kept
-
-
-def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-    """Input, CT (clipped HU) and mask on the input's grid."""
-    image = read_volume(case.input).image
-    check_finite(image, f"case {case.name} input")
-    ct = sitk.Resample(read_volume(case.ct).image, image, sitk.Transform(), sitk.sitkLinear, HU_MIN,
-                       sitk.sitkFloat32)
-    ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)
-    mask = read_mask(case.mask, image) if case.mask else body_mask(image, modality)
-    return image, ct, mask
-
-
-@dataclass
-class IntensityStatistics:
-    """Foreground intensities of several cases: exact mean and std, percentiles from a sample."""
-
-    total: float = 0.0
-    squares: float = 0.0
-    count: int = 0
-    samples: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, values: np.ndarray, rng: np.random.Generator) -> None:
-        values = values.astype(np.float64, copy=False).ravel()
-        self.total += float(values.sum())
-        self.squares += float(np.square(values).sum())
-        self.count += values.size
-        self.samples.append(rng.choice(values, min(values.size, PERCENTILE_SAMPLES), replace=False))
-
-    def summary(self) -> dict[str, float]:
-        """mean, std, percentile_00_5, percentile_99_5 (nnU-Net's names)."""
-        if not self.count:
-            raise SctconvError("the body masks of the cases are empty; no foreground to measure")
-        mean = self.total / self.count
-        sample = np.concatenate(self.samples)
-        return {"mean": mean, "std": float(np.sqrt(max(self.squares / self.count - mean ** 2, 0.0))),
-                "percentile_00_5": float(np.percentile(sample, 0.5)),
-                "percentile_99_5": float(np.percentile(sample, 99.5))}
-
-
-def oriented_geometry(image: sitk.Image) -> tuple[list[float], list[int]]:
-    """Spacing (mm) and shape of ``image`` along (z, y, x) once reoriented to LPS, as the network sees it."""
-    axes = np.abs(np.array(image.GetDirection()).reshape(3, 3)).argmax(0)  # physical axis of each image axis
-    spacing, shape = [0.0] * 3, [0] * 3
-    for axis, physical in enumerate(axes):
-        spacing[2 - physical] = float(image.GetSpacing()[axis])
-        shape[2 - physical] = int(image.GetSize()[axis])
-    return spacing, shape
-
-
-def fingerprint(cases: list[Case], modality: str) -> dict:
-    """Dataset fingerprint: each case's input spacing and shape (z, y, x) and their medians, and the
-    foreground (inside the body mask) intensity statistics of the CT, and of the CBCT for ``cbct``.
-
-    Means and stds use every foreground voxel; the 0.5 and 99.5 percentiles a fixed random sample of
-    :data:`PERCENTILE_SAMPLES` voxels per case. CBCT values are clipped to the CT range first.
+    Synthesis: the input and the CT in the card's normalizations. Segmentation (a teacher): the CT
+    as input; the target is the case's label map when the card's classes are the seven groups
+    (values checked), else the HU tissue classes of the CT.
     """
-    rng = np.random.default_rng(1234)
-    ct_stats, input_stats, per_case = IntensityStatistics(), IntensityStatistics(), []
-    for case in cases:
-        image, ct, mask = load_case_hu(case, modality)
-        spacing, shape = oriented_geometry(image)
-        per_case.append({"name": case.name, "region": case.region, "spacing": spacing, "shape": shape})
-        inside = sitk.GetArrayViewFromImage(mask) > 0
-        ct_stats.add(sitk.GetArrayViewFromImage(ct)[inside], rng)
-        if modality == "cbct":
-            input_stats.add(np.clip(sitk.GetArrayViewFromImage(image)[inside], HU_MIN, HU_MAX), rng)
-    result = {"cases": len(cases), "median_spacing": np.median([c["spacing"] for c in per_case], 0).tolist(),
-              "median_shape": np.median([c["shape"] for c in per_case], 0).tolist(), "ct": ct_stats.summary()}
-    if modality == "cbct":
-        result["cbct"] = input_stats.summary()
-    return {**result, "per_case": per_case}
-
-
-def preprocess_case(case: Case, modality: str, spacing: tuple[float, float, float],
-                    input_norm: Normalization, target_norm: Normalization, cache: Path,
-                    classes: list[str] | None = None) -> CaseArrays:
-    """Resample and normalize one case as inference does, cached as .npz keyed by all settings and
-    by the files' sizes and modification times.
-
-    For synthesis (``classes`` None) the target ``y`` is the normalized CT. For a segmentation
-    teacher it is the case's label map when ``classes`` are the seven groups (values checked), or
-    the HU tissue classes of the CT otherwise.
-    """
-    files = [p for p in (case.input, case.ct, case.mask, case.labels) if p is not None]
-    stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = json.dumps([stamps, modality, spacing, input_norm.__dict__, target_norm.__dict__, classes],
-                     sort_keys=True, default=str)
-    path = cache / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            return CaseArrays(case.name, data["x"], data["y"], data["mask"])
-    image, ct, mask = load_case_hu(case, modality)
-    grid = to_model_grid(image, spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
-    m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
-    x = normalize(sitk.GetArrayViewFromImage(grid), m, input_norm)
-    ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))
-    if classes is None:
-        y = normalize(ct_grid, m, target_norm).astype(np.float32)
-    elif classes == list(GROUPS):
-        if case.labels is None:
-            raise SctconvError(f"case {case.name} has no labels.* file; every case needs one, or none should")
-        labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
-                                                      sitk.sitkNearestNeighbor))
-        if labels.max() >= len(GROUPS):
-            raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be the "
-                               f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} (sctconv.teacher.group_totalsegmentator)")
-        y = labels.astype(np.uint8)
+    arrays = case.load()
+    if card.task == "segmentation":
+        x = normalize(arrays.ct, arrays.mask, card.input_normalization)
+        if card.classes == list(GROUPS):
+            if arrays.labels is None:
+                raise SctconvError(f"case {case.name} has no labels.* file; every case needs one, or none should")
+            if arrays.labels.max() >= len(GROUPS):
+                raise SctconvError(f"case {case.name}: label {int(arrays.labels.max())}; labels must be the "
+                                   f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} (sctconv.teacher.group_totalsegmentator)")
+            y = arrays.labels.astype(np.uint8)
+        else:
+            y = tissue_labels(arrays.ct, arrays.mask)
     else:
-        y = tissue_labels(ct_grid, m)
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise SctconvError(f"case {case.name}: non-finite values after preprocessing")
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    with partial.open("wb") as file:
-        np.savez(file, x=x.astype(np.float32), y=y, mask=m)
-    partial.replace(path)  # atomic: an interrupted run or a second process never reads half a file
-    return CaseArrays(case.name, x.astype(np.float32), y, m)
+        if arrays.input is None:
+            raise SctconvError(f"case {case.name} was prepared without an input image (CT only)")
+        x = normalize(arrays.input, arrays.mask, card.input_normalization)
+        y = normalize(arrays.ct, arrays.mask, card.target_normalization)
+    return CaseArrays(case.name, x.astype(np.float32), y, arrays.mask)
 
 
 def sample_patch(case: CaseArrays, patch: tuple[int, int, int], rng: np.random.Generator,

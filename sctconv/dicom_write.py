@@ -25,7 +25,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 
 from sctconv.dicom_read import SourceSeries, int_or_none
 from sctconv.errors import SctconvError
-from sctconv.preprocess import HU_MAX, HU_MIN
+from sctconv.normalize import HU_MAX, HU_MIN
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class SeriesOptions:
     series_number: int | None = None  # default: source SeriesNumber + 1000, else 1000
     manufacturer: str = "sctconv"
     manufacturer_model_name: str = "sctconv"
+    station_name: str | None = None  # a planning system may pick its CT-to-density table by it
     institution_name: str | None = None
     patient_id: str | None = None  # for non-DICOM sources (default "SCTCONV")
     patient_name: str | None = None  # for non-DICOM sources (default "sctconv^synthetic")
@@ -403,6 +404,8 @@ def _common_dataset(source: SourceSeries | None, like: Dataset | None, options: 
     if institution:
         ds.InstitutionName = _fit(institution, "LO")
     ds.ManufacturerModelName = _fit(options.manufacturer_model_name, "LO")
+    if options.station_name:
+        ds.StationName = _fit(options.station_name, "SH")
     versions = [v for v in (options.software_version, _model_label(options)) if v]
     if versions:
         ds.SoftwareVersions = [_fit(v, "LO") for v in versions]
@@ -526,6 +529,10 @@ def _derivation_text(source: SourceSeries | None, options: SeriesOptions) -> str
         desc = f" '{source.description}'" if source.description else ""
         uid = f" {source.series_instance_uid}" if source.series_instance_uid else ""
         text += f", from {source.modality or 'source'} series{uid}{desc}"
+        if source.resampled is not None:
+            r = source.resampled
+            text += (f"; its {r.original_slice_positions} slices were resampled onto {r.slices} slices every "
+                     f"{r.step_mm:g} mm ({r.reason})")
     return f"{text}. {_DERIVED_NOTE}"
 
 
@@ -562,7 +569,7 @@ def _charset(src: Dataset | None, options: SeriesOptions) -> str | list[str]:
         texts += [str(options.patient_name or ""), str(options.patient_id or "")]
     texts += [options.series_description, options.model_name, options.model_version,
               options.manufacturer, options.manufacturer_model_name, options.software_version,
-              str(options.institution_name or "")]
+              str(options.institution_name or ""), str(options.station_name or "")]
     declared = src.get("SpecificCharacterSet", None) if src is not None else None
     if isinstance(declared, str):
         terms = [declared.strip()] if declared.strip() else []

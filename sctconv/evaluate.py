@@ -43,9 +43,15 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io import IMAGE_SUFFIXES, read_volume
+from sctconv.files import find_image
+from sctconv.io import read_volume
 from sctconv.mask import body_mask
 from sctconv.metrics import image_metrics
+from sctconv.nnunet import NnUNetTeacher
+from sctconv.normalize import HU_MIN, normalize
+from sctconv.predict import TorchBackend, resolve_device, sliding_window
+from sctconv.preprocess import image_like, to_input_grid, to_model_grid
+from sctconv.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +191,7 @@ def evaluate_case(sct: sitk.Image, ct: sitk.Image, mask: sitk.Image, segmenter: 
 
 def convert_output_image(path: Path) -> Path | None:
     """The ``sct.*`` image of a `sctconv convert` output folder, or None when ``path`` is not one."""
-    return _find_image(path, "sct") if path.is_dir() else None
+    return find_image(path, "sct") if path.is_dir() else None
 
 
 def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Segmenter | None = None) -> dict[str, Any]:
@@ -200,12 +206,27 @@ def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Segmenter 
     return evaluate_case(read_volume(sct).image, ct_image, mask_image, segmenter)
 
 
-def load_segmenter(path: Path, device: str = "auto") -> Segmenter:
-    """A segmentation model folder (an sctconv teacher) as a :data:`Segmenter` on ``device``."""
-    from sctconv.predict import resolve_device
-    from sctconv.teacher import load_teacher
+def segment(teacher: Teacher | NnUNetTeacher, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
+    """Label map of a CT in HU on the CT's own grid, by a teacher (an sctconv segmentation model or an
+    nnU-Net one): LPS at the teacher's spacing, its normalization, Gaussian-blended windows at step
+    0.5, each class's logits resampled linearly onto the CT's grid, then the argmax (nnU-Net's order)."""
+    grid = to_model_grid(ct, teacher.spacing, default=HU_MIN)
+    array = sitk.GetArrayFromImage(grid)
+    x = normalize(array, np.ones(array.shape, dtype=bool), teacher.normalization)  # CT z-scores use no mask
+    logits = sliding_window(x, TorchBackend(teacher.network, device), teacher.patch_size, step=0.5, blend="gaussian")
+    labels = np.zeros(ct.GetSize()[::-1], dtype=np.uint8 if len(logits) <= 256 else np.uint16)
+    best = np.full(labels.shape, -np.inf, dtype=np.float32)
+    for label, channel in enumerate(logits):
+        score = sitk.GetArrayFromImage(to_input_grid(image_like(channel, grid), ct, 0.0))
+        better = score > best
+        best[better] = score[better]
+        labels[better] = label
+    return image_like(labels, ct)
 
-    return functools.partial(load_teacher(path).segment, device=resolve_device(device))
+
+def load_segmenter(path: Path, device: str = "auto") -> Segmenter:
+    """A segmentation model folder (an sctconv teacher or an nnU-Net model) as a :data:`Segmenter`."""
+    return functools.partial(segment, load_teacher(path), device=resolve_device(device))
 
 
 @dataclass(frozen=True)
@@ -216,14 +237,6 @@ class CaseFiles:
     sct: Path
     ct: Path
     mask: Path | None
-
-
-def _find_image(folder: Path, stem: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        path = folder / f"{stem}{suffix}"
-        if path.is_file():
-            return path
-    return None
 
 
 def find_cases(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None) -> list[CaseFiles]:
@@ -241,17 +254,17 @@ def find_cases(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None) -> li
     cases: dict[str, CaseFiles] = {}
     problems = []
     for folder in sorted({path.parent for path in gt_dir.rglob("ct.*")}):
-        ct = _find_image(folder, "ct")
+        ct = find_image(folder, "ct")
         if ct is None:
             continue
         name = folder.name
         if name in cases:
             raise SctconvError(f"two ground-truth cases are named {name} ({cases[name].ct.parent} and {folder})")
-        sct = _find_image(pred_dir / name, "sct") or _find_image(pred_dir, name)
+        sct = find_image(pred_dir / name, "sct") or find_image(pred_dir, name)
         if mask_dir is None:
-            mask = _find_image(folder, "mask")
+            mask = find_image(folder, "mask")
         else:
-            mask = _find_image(mask_dir, name) or _find_image(mask_dir / name, "mask")
+            mask = find_image(mask_dir, name) or find_image(mask_dir / name, "mask")
             if mask is None:
                 problems.append(f"no mask for {name} in {mask_dir}")
         if sct is None:

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from sctconv.dicom_read import SourceSeries, is_dicom_path, read_dicom_series
 from sctconv.errors import SctconvError
-
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+from sctconv.files import IMAGE_SUFFIXES
+from sctconv.preprocess import image_like
 
 
 @dataclass
@@ -112,9 +112,7 @@ def read_mask(path: Path, reference: sitk.Image) -> sitk.Image:
     array = sitk.GetArrayFromImage(_read_on_grid(path, reference, sitk.sitkFloat32, "mask")) > 0
     if not array.any():
         raise SctconvError(f"mask {path} is empty on the input's grid (does it belong to this image?)")
-    mask = sitk.GetImageFromArray(array.astype(np.uint8))
-    mask.CopyInformation(reference)
-    return mask
+    return image_like(array.astype(np.uint8), reference)
 
 
 def write_image(image: sitk.Image, path: Path) -> None:

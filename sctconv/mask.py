@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
+from sctconv.preprocess import image_like
 
 
 def body_mask_from_array(array: np.ndarray, threshold: float) -> np.ndarray:
@@ -75,6 +76,4 @@ def body_mask(image: sitk.Image, modality: str) -> sitk.Image:
     """Body mask (uint8, same grid as ``image``) of an MR (``"mr"``) or CBCT/CT (``"cbct"``/``"ct"``)."""
     array = sitk.GetArrayViewFromImage(image)
     threshold = mr_threshold(array) if modality == "mr" else CT_BODY_THRESHOLD_HU
-    mask = sitk.GetImageFromArray(body_mask_from_array(array, threshold))
-    mask.CopyInformation(image)
-    return mask
+    return image_like(body_mask_from_array(array, threshold), image)

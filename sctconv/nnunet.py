@@ -33,7 +33,7 @@ mean/std. nnU-Net transposes arrays by ``transpose_forward`` and states ``spacin
 size and divisor here are in sctconv's (z, y, x) order and AFP patches enter as they are.
 
 Orientation. nnU-Net feeds SimpleITK's (z, y, x) array in the file's own voxel order, without
-reorienting; :meth:`NnUNetTeacher.segment` reorients to LPS first, as sctconv does for every network
+reorienting; :func:`sctconv.evaluate.segment` reorients to LPS first, as sctconv does for every network
 (and as the AFP patches are). For images stored in LPS order (identity direction: SynthRAD2025
 ``.mha`` files, DICOM series of axial scans) reorienting is a no-op, so the network sees what
 nnU-Net would feed it; for other storage orders the teacher sees LPS, the order of those training
@@ -52,14 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from torch import nn
 
 from sctconv.errors import SctconvError
 from sctconv.model import Normalization
-from sctconv.predict import TorchBackend, sliding_window
-from sctconv.preprocess import HU_MIN, normalize, to_model_grid
 
 PLANS_NAME = "plans.json"
 DATASET_NAME = "dataset.json"
@@ -166,27 +163,17 @@ class NnUNetTeacher:
     def divisor(self) -> tuple[int, int, int]:
         return self.model.network.divisor
 
-    def segment(self, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
-        """Label map of a CT in HU, on the CT's own grid (see the module docstring for the steps)."""
-        model = self.model
-        grid = to_model_grid(ct, model.spacing, default=HU_MIN)
-        array = sitk.GetArrayFromImage(grid)
-        x = normalize(array, np.ones(array.shape, dtype=bool), model.normalization)  # CTNormalization: no mask
-        logits = sliding_window(x, TorchBackend(model.network, device), model.patch_size, step=0.5,
-                                blend="gaussian")
-        labels = np.zeros(ct.GetSize()[::-1], dtype=np.uint8 if len(model.classes) <= 256 else np.uint16)
-        best = np.full(labels.shape, -np.inf, dtype=np.float32)
-        for label, channel in enumerate(logits):
-            image = sitk.GetImageFromArray(channel)
-            image.CopyInformation(grid)
-            score = sitk.GetArrayFromImage(sitk.Resample(image, ct, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                         sitk.sitkFloat32, True))
-            better = score > best
-            best[better] = score[better]
-            labels[better] = label
-        result = sitk.GetImageFromArray(labels)
-        result.CopyInformation(ct)
-        return result
+    @property
+    def network(self) -> NnUNetNetwork:
+        return self.model.network
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.model.spacing
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.model.patch_size
 
 
 def nnunet_folder(path: Path) -> Path | None:

@@ -26,12 +26,12 @@ from sctconv.io import InputVolume, read_mask, read_volume, write_image
 from sctconv.mask import body_mask
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
-from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
+from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                              resolve_device, sliding_window)
-from sctconv.preprocess import HU_MAX, HU_MIN, check_finite, denormalize_ct, normalize, to_input_grid, to_model_grid
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
+from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 
-ONNX_NAME = "model.onnx"
 BACKENDS = ("torch", "onnx")
 
 
@@ -92,13 +92,10 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
     y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress)[0]
-    hu = sitk.GetImageFromArray(denormalize_ct(y, card.target_normalization))
-    hu.CopyInformation(grid)
+    hu = image_like(denormalize_ct(y, card.target_normalization), grid)
     sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
     sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
-    out = sitk.GetImageFromArray(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32))
-    out.CopyInformation(image)
-    return out
+    return image_like(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32), image)
 
 
 def read_like(input_path: Path, options: ConvertOptions) -> Dataset | None:

@@ -43,9 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
-from sctconv.data import discover_cases, fingerprint, select_regions
 from sctconv.errors import SctconvError
 from sctconv.network import Architecture, UNet, count_parameters
 
@@ -203,18 +201,11 @@ def make_plan(fp: dict, gpu_memory: float, width: str = "paper") -> dict:
     }
 
 
-def plan_dataset(data: Path, modality: str, regions: list[str] | None, gpu_memory: float, width: str,
-                 console: Console) -> dict:
-    """Fingerprint the cases under ``data`` (of ``regions``, or all) and plan for them."""
-    cases = discover_cases(data, modality)
-    if regions:
-        cases = select_regions(cases, regions)
-    console.print(f"fingerprinting {len(cases)} cases")
-    fp = fingerprint(cases, modality)
-    configuration = make_plan(fp, gpu_memory, width)
-    return {"format": PLAN_FORMAT, "version": 1, "task": modality, "data": str(data.resolve()),
-            "regions": regions or sorted({c.region for c in cases if c.region}),
-            "configuration": configuration, "fingerprint": fp}
+def plan_document(fp: dict, data: Path, modality: str, regions: list[str], gpu_memory: float, width: str) -> dict:
+    """The plan file's content: the plan for fingerprint ``fp`` of the ``modality`` cases of
+    ``regions`` under ``data``, with the fingerprint itself."""
+    return {"format": PLAN_FORMAT, "version": 1, "task": modality, "data": str(data.resolve()), "regions": regions,
+            "configuration": make_plan(fp, gpu_memory, width), "fingerprint": fp}
 
 
 def write_plan(plan: dict, path: Path) -> None:

@@ -23,6 +23,9 @@ from rich.progress import Progress
 from sctconv.errors import SctconvError
 from sctconv.network import UNet
 
+ONNX_NAME = "model.onnx"
+"""The ONNX file of a model folder."""
+
 
 class Backend(Protocol):
     """Runs the network on a batch of normalized patches."""

@@ -1,4 +1,4 @@
-"""Between the patient's grid and the network's: reorientation, resampling and intensity normalization.
+"""Between the patient's grid and the network's: reorientation and resampling (SimpleITK).
 
 The network sees volumes in LPS orientation at the model's spacing. Going back, the prediction is
 resampled onto the input image itself, so the sCT has the input's exact size, spacing, origin and
@@ -11,10 +11,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.model import Normalization
 
-HU_MIN, HU_MAX = -1024.0, 3071.0
-"""The CT range of the paper and of the SynthRAD2025 evaluation."""
+
+def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """``array`` (z, y, x) as an image on exactly ``reference``'s grid."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
 
 
 def to_model_grid(image: sitk.Image, spacing_zyx: tuple[float, float, float],
@@ -36,30 +39,6 @@ def to_model_grid(image: sitk.Image, spacing_zyx: tuple[float, float, float],
 def to_input_grid(image: sitk.Image, reference: sitk.Image, default: float) -> sitk.Image:
     """Resample ``image`` (linear) onto exactly the grid of ``reference``."""
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
-
-
-def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Normalize a volume as the model card says (float32 out).
-
-    ``zscore-case`` uses the mean and std of the voxels inside ``mask``; ``zscore-dataset`` clips
-    to the card's range and uses the card's dataset statistics.
-    """
-    array = array.astype(np.float32, copy=False)
-    if norm.scheme == "zscore-case":
-        inside = array[mask > 0]
-        if inside.size < 2:
-            raise SctconvError("the body mask is empty; cannot normalize the input")
-        mean, std = float(inside.mean()), float(inside.std())
-        if std == 0:
-            raise SctconvError("the input is constant inside the body; it holds no anatomy")
-        return (array - mean) / std
-    low, high = norm.clip if norm.clip else (-np.inf, np.inf)
-    return (np.clip(array, low, high) - norm.mean) / norm.std
-
-
-def denormalize_ct(array: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Network output (dataset z-score of CT) back to HU, clipped to [-1024, 3071]."""
-    return np.clip(array * norm.std + norm.mean, HU_MIN, HU_MAX).astype(np.float32)
 
 
 def check_finite(image: sitk.Image, what: str) -> None:

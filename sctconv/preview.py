@@ -1,4 +1,4 @@
-"""Pictures: a preview of a conversion and training curves."""
+"""The preview of a conversion: source, sCT and body mask in three planes, as a PNG."""
 
 from __future__ import annotations
 
@@ -42,30 +42,6 @@ def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Pa
             ax.set_axis_off()
             ax.set_title(f"{label} - {('axial', 'coronal', 'sagittal')[c]}", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def save_curves(history: list[dict], path: Path, title: str) -> None:
-    """Training and validation loss, and the validation metric (MAE or Dice), per epoch."""
-    epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train loss", marker=".")
-    val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    if val:
-        left.plot(*zip(*val), label="validation loss")
-    left.set_xlabel("epoch")
-    left.set_yscale("log")
-    left.legend()
-    key, label = (("val_dice", "validation mean Dice") if any("val_dice" in h for h in history)
-                  else ("val_mae", "validation MAE in body (HU)"))
-    points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
-    if points:
-        right.plot(*zip(*points), color="tab:red", marker="o")
-    right.set_xlabel("epoch")
-    right.set_ylabel(label)
-    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -18,9 +18,10 @@ from scipy import ndimage
 
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_volume, write_image
-from sctconv.preprocess import HU_MAX, HU_MIN
+from sctconv.normalize import HU_MAX, HU_MIN
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+from sctconv.preprocess import image_like
 
 PHANTOM_LABELS: dict[str, int] = {
     "background": 0,
@@ -53,12 +54,6 @@ def _as_float_array(image: sitk.Image) -> np.ndarray:
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise SctconvError("the simulator needs a 3D scalar CT image")
     return sitk.GetArrayFromImage(image).astype(np.float32)
-
-
-def _to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    image.CopyInformation(reference)
-    return image
 
 
 def _mr_contrast(rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -172,7 +167,7 @@ def simulate_mr(ct: sitk.Image, rng: np.random.Generator, labels: sitk.Image | N
     sigma = scale * float(contrast[_MUSCLE_KNOT]) / rng.uniform(12.0, 40.0)  # muscle SNR 12-40
     real = signal * scale + sigma * rng.standard_normal(hu.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(hu.shape, dtype=np.float32)
-    return _to_image(np.hypot(real, imaginary), ct)
+    return image_like(np.hypot(real, imaginary).astype(np.float32), ct)
 
 
 def _streaks(hu: np.ndarray, spacing_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -248,7 +243,7 @@ def simulate_cbct(ct: sitk.Image, rng: np.random.Generator, fov_radius_mm: float
 
     volume[:, r2 > 1.0] = OUTSIDE_FOV_HU
     np.clip(volume, HU_MIN, HU_MAX, out=volume)
-    return _to_image(volume, ct)
+    return image_like(volume.astype(np.float32), ct)
 
 
 def cbct_field_of_view(cbct: sitk.Image) -> np.ndarray:
@@ -439,8 +434,7 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
     body = body_mask_from_array(sitk.GetArrayViewFromImage(ct), CT_BODY_THRESHOLD_HU)
     if modality == "cbct":  # as in SynthRAD2025 Task 2: the mask covers the body inside the CBCT's view
         body &= cbct_field_of_view(simulated)
-    mask = sitk.GetImageFromArray(body)
-    mask.CopyInformation(ct)
+    mask = image_like(body, ct)
     with atomic_output_dir(out_dir, overwrite, (ct_path, labels_path)) as staging:
         write_image(simulated, staging / f"{modality}.mha")
         write_image(sitk.Cast(sitk.Round(ct), sitk.sitkInt16), staging / "ct.mha")

@@ -16,17 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
 from sctconv.model import Model, Normalization, load_model
 from sctconv.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
-from sctconv.predict import TorchBackend, sliding_window
-from sctconv.preprocess import HU_MIN, normalize, to_model_grid
 
 TISSUE_CLASSES = ("background", "air_lung", "fat", "soft_tissue", "bone")
 TISSUE_EDGES_HU = (-400.0, -30.0, 180.0)
@@ -85,19 +81,17 @@ class Teacher:
         """Inputs of the network must be a multiple of this along (z, y, x)."""
         return self.model.card.architecture.divisor
 
-    def segment(self, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
-        """Label map (uint8) of a CT in HU, on the CT's own grid."""
-        card = self.model.card
-        grid = to_model_grid(ct, card.spacing, default=HU_MIN)
-        array = sitk.GetArrayFromImage(grid)
-        body = body_mask_from_array(array, CT_BODY_THRESHOLD_HU)
-        x = normalize(array, body, card.input_normalization)
-        probabilities = sliding_window(x, TorchBackend(self.model.network, device), card.patch_size, step=0.5,
-                                       blend="gaussian")
-        scores = sitk.GetImageFromArray(np.argmax(probabilities, axis=0).astype(np.float32))
-        scores.CopyInformation(grid)
-        labels = sitk.Resample(scores, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        return labels
+    @property
+    def network(self) -> nn.Module:
+        return self.model.network
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.model.card.spacing
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.model.card.patch_size
 
 
 def load_teacher(folder: Path) -> Teacher | NnUNetTeacher:
@@ -122,7 +116,7 @@ class AFPLoss(nn.Module):
     def __init__(self, teacher: Teacher | NnUNetTeacher, ct_norm: Normalization, l1_weight: float = 0.5,
                  layers: list[int] | None = None) -> None:
         super().__init__()
-        self.network = teacher.model.network
+        self.network = teacher.network
         self.divisor = teacher.divisor
         t = teacher.normalization
         self.scale = ct_norm.std / t.std

@@ -12,8 +12,10 @@ Three stages share the loop and differ only in their data target and loss:
   maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
 
 Sizes (architecture, spacing, patch, batch) come from a preset or from a plan of `sctconv plan`
-(:mod:`sctconv.plan`). The held-out cases are 20% of the data, fold K of a 5-fold split, or a
-separate folder; the split is written to ``split.json``.
+(:mod:`sctconv.plan`). The data are raw case folders, read once into the cache (a prepared
+dataset, :mod:`sctconv.prepare`), or a prepared dataset itself, which needs neither the raw images
+nor SimpleITK. The held-out cases are 20% of the data, fold K of a 5-fold split, or a separate
+folder; the split is written to ``split.json``.
 
 Each epoch is ``iterations`` steps; validation runs whole held-out volumes through the same
 sliding-window inference that `sctconv convert` uses. A checkpoint after every epoch (written
@@ -35,7 +37,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -43,17 +44,16 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sctconv.data import (Case, CaseArrays, discover_cases, fingerprint, load_case_hu, preprocess_case, sample_patch,
-                          select_regions)
+from sctconv.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint, is_prepared,
+                          open_prepared, sample_patch, select_regions)
 from sctconv.errors import SctconvError
 from sctconv.metrics import image_metrics, mae
 from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
-from sctconv.pipeline import synthesize
 from sctconv.plan import load_plan
-from sctconv.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocess import HU_MAX, HU_MIN, denormalize_ct
-from sctconv.preview import save_curves
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
+from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, resolve_device, sliding_window
+from sctconv.curves import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
 PRESETS: dict[str, dict] = {
@@ -105,6 +105,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     cache: Path | None = None
+    onnx: bool = True  # synthesis models: export model.onnx beside the weights at the end
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -156,20 +157,46 @@ def split_cases(names: list[str], fraction: float, seed: int, fold: int | None =
     return [n for n in names if n not in val], val
 
 
-def choose_cases(config: TrainConfig) -> tuple[list[Case], list[Case], dict]:
+def find_cases(folder: Path, config: TrainConfig) -> list[Case] | list[PreparedCase]:
+    """The cases under ``folder`` of the configured regions: raw case folders, or a prepared dataset."""
+    if is_prepared(folder):
+        task, _, cases = open_prepared(folder)
+        if config.stage != "teacher" and task != config.modality:
+            raise SctconvError(f"{folder} was prepared for --task {task}, not {config.modality}")
+        return select_regions(cases, config.regions)
+    return select_regions(discover_cases(folder, config.modality), config.regions)
+
+
+def choose_cases(config: TrainConfig) -> tuple[list, list, dict]:
     """Training and validation cases of the configured regions, and how they were split."""
-    cases = select_regions(discover_cases(config.data, config.modality), config.regions)
+    cases = find_cases(config.data, config)
     if config.val_data:
         if config.fold is not None:
             raise SctconvError("--fold splits --data; it cannot be combined with --val-data")
-        val_cases = select_regions(discover_cases(config.val_data, config.modality), config.regions)
-        return cases, val_cases, {"val_data": str(config.val_data)}
+        return cases, find_cases(config.val_data, config), {"val_data": str(config.val_data)}
     train_names, val_names = split_cases([c.name for c in cases], config.val_fraction, config.seed, config.fold,
                                          config.folds)
     split = ({"val_fraction": config.val_fraction} if config.fold is None else
              {"fold": config.fold, "folds": config.folds})
     return ([c for c in cases if c.name in train_names], [c for c in cases if c.name in val_names],
             {**split, "seed": config.seed})
+
+
+def prepare_cases(cases: list, config: TrainConfig, spacing: tuple[float, float, float], folder: Path,
+                  console: Console) -> list[PreparedCase]:
+    """Raw cases read once into ``folder`` (the cache); prepared ones checked against ``spacing``."""
+    for dataset in sorted({c.path.parent for c in cases if isinstance(c, PreparedCase)}):
+        _, prepared_spacing, _ = open_prepared(dataset)
+        if not np.allclose(prepared_spacing, spacing):
+            raise SctconvError(f"{dataset} was prepared at {prepared_spacing} mm, but this model works at "
+                               f"{spacing} mm; prepare it again with the same --preset or --plan")
+    raw = [c for c in cases if isinstance(c, Case)]
+    if not raw:
+        return cases
+    from sctconv.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
+
+    prepared = iter(prepare_dataset(raw, config.modality, spacing, folder, console))
+    return [next(prepared) if isinstance(c, Case) else c for c in cases]
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict[int, float]:
@@ -273,21 +300,20 @@ def save_checkpoint(path: Path, identity: str, network: UNet, optimizer: torch.o
     partial.replace(path)
 
 
-def network_setup(config: TrainConfig) -> dict:
-    """Architecture, spacing, patch and batch size: from ``config.plan``, else from the preset."""
-    if config.plan:
-        if config.stage == "afp":
-            raise SctconvError("--plan does not apply to stage afp: it keeps the --init model's network")
-        return load_plan(config.plan, None if config.stage == "teacher" else config.modality)
-    preset = PRESETS.get(config.preset)
-    if preset is None:
-        raise SctconvError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
-    return preset
+def network_setup(preset: str, plan: Path | None, modality: str | None) -> dict:
+    """Architecture, spacing, patch and batch size: from ``plan`` (made for ``modality``; None for a
+    CT teacher, which fits any plan), else from ``preset``."""
+    if plan:
+        return load_plan(plan, modality)
+    if preset not in PRESETS:
+        raise SctconvError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
 
 
-def make_card(config: TrainConfig, cases: list[Case], setup: dict, init: Model | None) -> tuple[ModelCard, dict]:
-    """The card the run trains towards (sizes, spacing, normalization) and the dataset fingerprint
-    (without its per-case list); for afp, those of the ``init`` model."""
+def make_card(config: TrainConfig, cases: list[PreparedCase], setup: dict,
+              init: Model | None) -> tuple[ModelCard, dict]:
+    """The card the run trains towards (sizes, spacing, normalization) and the fingerprint of the
+    training ``cases`` (without its per-case list); for afp, those of the ``init`` model."""
     if config.stage == "afp":
         if init is None or config.teacher is None:
             raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
@@ -296,7 +322,7 @@ def make_card(config: TrainConfig, cases: list[Case], setup: dict, init: Model |
             raise SctconvError(f"--init model {start.name} converts {start.modality}, not {config.modality}")
         return replace(start, name=config.name, regions=config.regions, metrics={}, training={}), \
             start.training.get("dataset_fingerprint", {})
-    stats = {k: v for k, v in fingerprint(cases, config.modality).items() if k != "per_case"}
+    stats = {k: v for k, v in fingerprint([c.measurement() for c in cases]).items() if k != "per_case"}
     ct_norm = Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["ct"]["mean"], stats["ct"]["std"])
     if config.stage == "teacher":
         classes = list(GROUPS) if all(c.labels for c in cases) else list(TISSUE_CLASSES)
@@ -318,6 +344,8 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
     if config.stage != "afp" and (config.init or config.teacher):
         raise SctconvError("--init and --teacher belong to --stage afp")
+    if config.stage == "afp" and config.plan:
+        raise SctconvError("--plan does not apply to stage afp: it keeps the --init model's network")
     if config.init and config.init.resolve() == config.out.resolve():
         raise SctconvError("--output must be a new folder, not the --init model's")
     if min(config.epochs, config.iterations, config.val_every) < 1:
@@ -336,26 +364,25 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     cache = config.cache or config.out / "cache"
 
-    # Data: find the cases, split them, measure the dataset, preprocess once into the cache.
+    # Data: find the cases, split them, read raw ones once into the cache (a prepared dataset), normalize.
     train_cases, val_cases, split = choose_cases(config)
     if ranks.main:
         (config.out / "split.json").write_text(json.dumps(
             {**split, "train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
     console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
-    setup = network_setup(config)
+    setup = network_setup(config.preset, config.plan, None if config.stage == "teacher" else config.modality)
     init = load_model(config.init) if config.init else None
-    card, stats = make_card(config, train_cases, setup, init)
-    segmentation = card.task == "segmentation"
-    prepare = [lambda c=c: preprocess_case(c, config.modality, card.spacing, card.input_normalization,
-                                           card.target_normalization, cache, card.classes if segmentation else None)
-               for c in train_cases + val_cases]
+    spacing = init.card.spacing if init else setup["spacing"]
     if not ranks.main:
         ranks.barrier()  # rank 0 fills the cache first; the others then read it
-    with Progress(TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as progress:
-        arrays = [fn() for fn in progress.track(prepare)]
+    prepared = prepare_cases(train_cases + val_cases, config, spacing, cache, console)
     if ranks.main:
         ranks.barrier()
+    card, stats = make_card(config, prepared[:len(train_cases)], setup, init)
+    segmentation = card.task == "segmentation"
+    with Progress(TextColumn("loading"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        arrays = [case_arrays(c, card) for c in progress.track(prepared)]
     train_arrays, val_arrays = arrays[:len(train_cases)], arrays[len(train_cases):]
 
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
@@ -406,6 +433,8 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     for epoch in range(start_epoch, config.epochs):
         network.train()
         started, losses = time.perf_counter(), []
+        if use_amp:
+            torch.cuda.reset_peak_memory_stats(device)
         with Progress(TextColumn(f"epoch {epoch + 1}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), console=console,
                       transient=True) as progress:
@@ -434,6 +463,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
         record = {"epoch": epoch + 1, "train_loss": ranks.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - started, 2)}
+        if use_amp:  # peak GPU memory of this process: tensors, and what PyTorch's allocator held
+            record.update(gpu_allocated_gib=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2),
+                          gpu_reserved_gib=round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2))
         rng_states = ranks.gather(rng.bit_generator.state)
         if ranks.main:
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
@@ -448,10 +480,10 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         return config.out
 
     # The model folder: weights and card, with metrics measured as `sctconv convert` would produce them.
-    console.print("measuring the validation cases on their own grids")
+    console.print("measuring the validation cases")
     network.eval()
     metrics = (teacher_metrics(network, card, val_arrays, device) if segmentation
-               else final_metrics(network, card, val_cases, config.modality, device))
+               else final_metrics(network, card, prepared[len(train_cases):], config.modality, device))
     console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     training = {"stage": config.stage, "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
                 "validation_cases": [c.name for c in val_cases], "fold": config.fold, "split": split,
@@ -461,6 +493,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         training.update(init_model=init.card.name, init_metrics=init.card.metrics, teacher=str(config.teacher),
                         afp_l1_weight=config.afp_l1_weight)
     save_model(config.out, replace(card, training=training, metrics=metrics), network)
+    if config.onnx and not segmentation:
+        console.print("exporting to ONNX")
+        export_onnx(network, card.patch_size, config.out / ONNX_NAME)
     console.print(f"[green]model written to {config.out}[/]")
     return config.out
 
@@ -492,22 +527,50 @@ SOFT_TISSUE_HU = 40.0
 """The constant CT that a model has to beat: soft tissue everywhere inside the body."""
 
 
-def final_metrics(network: UNet, card: ModelCard, cases: list[Case], modality: str,
-                  device: str) -> dict[str, float | int]:
-    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT on each case's own grid, with
-    baselines: the MAE of a constant soft-tissue CT inside the body, and for CBCT the MAE of the
-    uncorrected CBCT itself."""
+def final_metrics(network: UNet, card: ModelCard, cases: list[PreparedCase], modality: str,
+                  device: str) -> dict[str, float | int | str]:
+    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT inside the body, with
+    baselines: the MAE of a constant soft-tissue CT, and for CBCT the MAE of the uncorrected CBCT.
+
+    On each case's own grid, as `sctconv convert` makes the sCT, when the raw files are on this
+    machine; else (a prepared dataset alone) on the model grid, from the prepared arrays.
+    """
     backend = TorchBackend(network, device)
+    own_grid = all(case.source is not None for case in cases)
     rows = []
     for case in cases:
-        image, ct, mask = load_case_hu(case, modality)
-        sct = synthesize(card, backend, image, mask)
-        gt, inside = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(mask)
-        scores = image_metrics(gt, sitk.GetArrayFromImage(sct), inside)
-        row = {"mae_hu": scores["mae"], "psnr_db": scores["psnr"], "ms_ssim": scores["ms_ssim"]}
-        row["constant_soft_tissue_mae_hu"] = mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)
+        gt, sct, inside, image = (own_grid_arrays(case.source, card, backend, modality) if own_grid
+                                  else model_grid_arrays(case, card, backend))
+        scores = image_metrics(gt, sct, inside)
+        row = {"mae_hu": scores["mae"], "psnr_db": scores["psnr"], "ms_ssim": scores["ms_ssim"],
+               "constant_soft_tissue_mae_hu": mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)}
         if modality == "cbct":
-            row["input_cbct_mae_hu"] = mae(gt, np.clip(sitk.GetArrayFromImage(image), HU_MIN, HU_MAX), inside)
+            row["input_cbct_mae_hu"] = mae(gt, np.clip(image, HU_MIN, HU_MAX), inside)
         rows.append(row)
     means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
-    return {"cases": len(rows), **means, "evaluated_on": "validation cases" if cases else "none"}
+    where = "validation cases, own grids" if own_grid else "validation cases, model grid (prepared dataset)"
+    return {"cases": len(rows), **means, "evaluated_on": where if cases else "none"}
+
+
+def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,
+                    modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CT, sCT, mask and input of a raw case on its own grid, the sCT made as `sctconv convert` does."""
+    import SimpleITK as sitk  # reading raw images; a prepared dataset trains without SimpleITK
+
+    from sctconv.pipeline import synthesize
+    from sctconv.prepare import load_case_hu
+
+    image, ct, mask = load_case_hu(case, modality)
+    sct = synthesize(card, backend, image, mask)
+    return tuple(sitk.GetArrayFromImage(i) for i in (ct, sct, mask, image))
+
+
+def model_grid_arrays(case: PreparedCase, card: ModelCard,
+                      backend: TorchBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """CT, sCT, mask and input of a prepared case on the model grid (sliding window at step 0.3, mean
+    blending, -1024 HU outside the body, as `sctconv convert`)."""
+    arrays = case.load()
+    x = normalize(arrays.input, arrays.mask, card.input_normalization)
+    sct = denormalize_ct(sliding_window(x, backend, card.patch_size)[0], card.target_normalization)
+    sct[arrays.mask == 0] = HU_MIN
+    return arrays.ct, sct, arrays.mask, arrays.input

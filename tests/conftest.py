@@ -11,7 +11,7 @@ import torch
 
 from sctconv.model import ModelCard, Normalization, save_model
 from sctconv.network import Architecture, UNet
-from sctconv.simulate import make_phantom, simulate_cbct, simulate_mr
+from sctconv.simulate import make_phantom, simulate_cbct, simulate_mr, write_simulated_case
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -37,6 +37,18 @@ def make_tiny_model(folder: Path, modality: str = "mr", seed: int = 0) -> Path:
                      target_normalization=Normalization("zscore-dataset", (-1024.0, 3071.0), -200.0, 400.0))
     save_model(folder, card, UNet(TINY))
     return folder
+
+
+def simulated_cases(root: Path, names: list[str], modality: str, shape: tuple[int, int, int],
+                    spacing: tuple[float, float, float]) -> None:
+    """Simulated ``modality``/CT pairs ``root/<name>`` from the procedural phantom (seed i for the i-th)."""
+    for i, name in enumerate(names):
+        ct, _ = make_phantom(np.random.default_rng(i), shape=shape, spacing=spacing)
+        path = root / f"ct{i}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(ct, str(path))
+        write_simulated_case(path, root / name, modality, seed=i)
+        path.unlink()
 
 
 @pytest.fixture

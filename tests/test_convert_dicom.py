@@ -236,6 +236,9 @@ def test_allow_uneven_resamples_onto_a_regular_grid(tmp_path, tiny_mr_model, cap
     assert_same_geometry(sitk_series(files[0].parent), image)
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     assert {ds.FrameOfReferenceUID for ds in datasets} == {fs.for_uid}
+    derivation = datasets[0].DerivationDescription
+    assert f"its {len(fs.sop_uids)} slices were resampled onto 8 slices every 2.5 mm" in derivation
+    assert reason in derivation
     # Each slice references the one or two source slices it was interpolated from.
     sources = [[i.ReferencedSOPInstanceUID for i in ds.SourceImageSequence] for ds in datasets]
     assert {len(s) for s in sources} == {1, 2} and {uid for s in sources for uid in s} == set(fs.sop_uids)
@@ -256,11 +259,13 @@ def test_writer_overrides_on_the_command_line(tmp_path, tiny_mr_model) -> None:
     result = CliRunner().invoke(app, [
         "convert", str(fs.folder), str(tmp_path / "out"), "--model", str(tiny_mr_model), "--quiet",
         "--series-number", "42", "--manufacturer", "ACME RT", "--institution-name", "Clinic X", "--kvp", "120",
-        "--series-description", "sCT for planning", "--synthetic-data-tag"])
+        "--series-description", "sCT for planning", "--synthetic-data-tag", "--manufacturer-model-name", "sCT MR HN",
+        "--station-name", "SCT_MR"])
     assert result.exit_code == 0, result.stderr
     ds = pydicom.dcmread(next((tmp_path / "out" / "dicom").iterdir()), stop_before_pixels=True)
     assert (ds.SeriesNumber, ds.Manufacturer, ds.InstitutionName, ds.KVP) == (42, "ACME RT", "Clinic X", 120)
     assert (ds.SeriesDescription, ds.SyntheticData) == ("sCT for planning", "YES")
+    assert (ds.ManufacturerModelName, ds.StationName) == ("sCT MR HN", "SCT_MR")
 
 
 ERROR_CASES = {
@@ -268,6 +273,7 @@ ERROR_CASES = {
                                 "--allow-uneven"),
     "gantry-tilt": ({"tilt_deg": 12.0}, ["--allow-uneven"], "gantry tilt of about 12.0 degrees"),
     "like-with-dicom": ({}, ["--like", "{src}"], "--like is for a non-DICOM input"),
+    "long-station-name": ({}, ["--station-name", "SCT_STATION_NAME_17"], "--station-name holds at most 16 characters"),
 }
 
 

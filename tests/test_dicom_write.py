@@ -454,9 +454,13 @@ def test_non_ascii_name_without_dicom_source_uses_utf8(tmp_path: Path) -> None:
 
 def test_series_number_and_institution_options(written, tmp_path: Path) -> None:
     w = written("axial", "HFS")
-    options = SeriesOptions(series_number=42, institution_name="Clinic X")
+    options = SeriesOptions(series_number=42, institution_name="Clinic X", manufacturer_model_name="sCT-HN-v2",
+                            station_name="SCT_MRL")
     ds = pydicom.dcmread(write_sct_series(w.sct, tmp_path, w.source, options)[0])
     assert ds.SeriesNumber == 42 and ds.InstitutionName == "Clinic X"
+    assert ds.ManufacturerModelName == "sCT-HN-v2" and ds.StationName == "SCT_MRL"
+    assert "StationName" not in pydicom.dcmread(write_sct_series(w.sct, tmp_path / "plain", w.source,
+                                                                 SeriesOptions())[0])
 
 
 def test_enhanced_source_references_frames(tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 from torch import nn  # noqa: E402
 
 from sctconv.errors import SctconvError  # noqa: E402
-from sctconv.evaluate import load_segmenter  # noqa: E402
+from sctconv.evaluate import load_segmenter, segment  # noqa: E402
 from sctconv.model import Normalization  # noqa: E402
 from sctconv.nnunet import NnUNetTeacher  # noqa: E402
 from sctconv.predict import TorchBackend, sliding_window  # noqa: E402
-from sctconv.preprocess import normalize  # noqa: E402
+from sctconv.normalize import normalize  # noqa: E402
 from sctconv.teacher import AFPLoss, load_teacher  # noqa: E402
 
 LABELS = {"background": 0, "organs": 1, "bones": 2}
@@ -243,7 +243,7 @@ def test_segment_gives_a_label_map_on_the_ct_grid(tmp_path):
     ct = sitk.GetImageFromArray(array)
     ct.SetSpacing(SPACING[::-1])
     ct.SetOrigin((-20.0, 10.0, 5.0))
-    labels = teacher.segment(ct)
+    labels = segment(teacher, ct)
     assert labels.GetPixelID() == sitk.sitkUInt8 and labels.GetSize() == ct.GetSize()
     x = normalize(array, np.ones(array.shape, bool), teacher.normalization)
     logits = sliding_window(x, TorchBackend(teacher.model.network, "cpu"), teacher.model.patch_size, step=0.5,

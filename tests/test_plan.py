@@ -11,7 +11,8 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from sctconv.data import discover_cases, fingerprint
+from sctconv.data import discover_cases
+from sctconv.prepare import fingerprint_cases
 from sctconv.errors import SctconvError
 from sctconv.network import Architecture, UNet
 from sctconv.plan import activation_elements, load_plan, make_plan, network, topology
@@ -85,7 +86,7 @@ def test_fingerprint_of_a_cbct_dataset(tmp_path):
         ct, _ = make_phantom(np.random.default_rng(i), shape=(12 + 2 * i, 40, 48), spacing=(2.0, 2.0, 3.0 + i))
         sitk.WriteImage(ct, str(tmp_path / f"ct{i}.nii.gz"))
         write_simulated_case(tmp_path / f"ct{i}.nii.gz", tmp_path / "data" / f"c{i}", "cbct", seed=i)
-    fp = fingerprint(discover_cases(tmp_path / "data", "cbct"), "cbct")
+    fp = fingerprint_cases(discover_cases(tmp_path / "data", "cbct"), "cbct")
     assert [c["shape"] for c in fp["per_case"]] == [[12, 40, 48], [14, 40, 48]]
     assert fp["median_spacing"] == [3.5, 2.0, 2.0] and fp["median_shape"] == [13.0, 40.0, 48.0]
     for stats in (fp["ct"], fp["cbct"]):

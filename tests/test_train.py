@@ -22,10 +22,10 @@ from sctconv.data import discover_cases, sample_patch, select_regions, CaseArray
 from sctconv.errors import SctconvError
 from sctconv.model import load_model
 from sctconv.pipeline import ConvertOptions, convert
-from sctconv.simulate import make_phantom, write_simulated_case
+from sctconv.simulate import write_simulated_case
 from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
 from sctconv.train import poly_lr, split_cases
-from tests.conftest import shared_data
+from tests.conftest import shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
 SYNTHRAD_CASES = ("TH/1THA001", "TH/1THA002", "AB/1ABA001", "HN/1HNA001", "other/case5")
@@ -45,22 +45,16 @@ def sctconv(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def phantom_cases(tmp_path_factory) -> Path:
     """Three small simulated MR/CT pairs from the procedural phantom."""
     root = tmp_path_factory.mktemp("phantom_cases")
-    for i in range(3):
-        ct, _ = make_phantom(np.random.default_rng(i), shape=(20, 64, 72), spacing=(2.5, 2.5, 3.0))
-        sitk.WriteImage(ct, str(root / f"ct{i}.nii.gz"))
-        write_simulated_case(root / f"ct{i}.nii.gz", root / "cases" / f"case{i}", "mr", seed=i)
-    return root / "cases"
+    simulated_cases(root, [f"case{i}" for i in range(3)], "mr", (20, 64, 72), (2.5, 2.5, 3.0))
+    return root
 
 
 @pytest.fixture(scope="module")
 def synthrad_tree(tmp_path_factory) -> Path:
     """``Task1/{TH,AB,HN,other}/<case>/{mr,ct,mask}.mha`` with tiny phantoms (3 x 2.5 x 2.5 mm)."""
-    root = tmp_path_factory.mktemp("synthrad")
-    for i, name in enumerate(SYNTHRAD_CASES):
-        ct, _ = make_phantom(np.random.default_rng(i), shape=(16, 48, 56), spacing=(2.5, 2.5, 3.0))
-        sitk.WriteImage(ct, str(root / f"ct{i}.nii.gz"))
-        write_simulated_case(root / f"ct{i}.nii.gz", root / "Task1" / name, "mr", seed=i)
-    return root / "Task1"
+    root = tmp_path_factory.mktemp("synthrad") / "Task1"
+    simulated_cases(root, list(SYNTHRAD_CASES), "mr", (16, 48, 56), (2.5, 2.5, 3.0))
+    return root
 
 
 def test_poly_lr_and_split():

@@ -50,5 +50,6 @@ for name in mr2ct-small cbct2ct-small ct-teacher-small; do
     rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
     cp "$work/models/$name"/{model.safetensors,model.json,curves.png} "$repo/weights/$name/"
 done
-sctconv export mr2ct-small
-sctconv export cbct2ct-small
+for name in mr2ct-small cbct2ct-small; do  # training exported them
+    cp "$work/models/$name/model.onnx" "$repo/weights/$name/"
+done

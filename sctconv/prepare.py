@@ -1,0 +1,119 @@
+"""Reading raw paired cases once into a prepared dataset (`sctconv prepare`, and the training cache).
+
+Each case is read once: its fingerprint is measured on its own grid, then the input, the CT (HU,
+clipped to [-1024, 3071]), the body mask and the label map are put on the model grid by the
+inference path's own :func:`sctconv.preprocess.to_model_grid` and cropped to the body's bounding
+box (:mod:`sctconv.data` describes the result). A case file is named by a hash of the raw files'
+paths, sizes and modification times and of the spacing, so a later run (a resume, another stage,
+a second process) reuses it instead of reading the images again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from sctconv.data import (PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays, PreparedCase, fingerprint,
+                          save_prepared_case, write_dataset_index)
+from sctconv.errors import SctconvError
+from sctconv.io import read_label_map, read_mask, read_volume
+from sctconv.mask import body_mask
+from sctconv.normalize import HU_MAX, HU_MIN
+from sctconv.preprocess import check_finite, to_model_grid
+
+SAMPLE_SEED = 1234
+"""Seed of each case's foreground sample (the percentiles are reproducible)."""
+
+
+def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """Input, CT (clipped HU) and mask on the input's grid."""
+    image = read_volume(case.input).image
+    check_finite(image, f"case {case.name} input")
+    ct = sitk.Resample(read_volume(case.ct).image, image, sitk.Transform(), sitk.sitkLinear, HU_MIN,
+                       sitk.sitkFloat32)
+    ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)
+    mask = read_mask(case.mask, image) if case.mask else body_mask(image, modality)
+    return image, ct, mask
+
+
+def oriented_geometry(image: sitk.Image) -> tuple[list[float], list[int]]:
+    """Spacing (mm) and shape of ``image`` along (z, y, x) once reoriented to LPS, as the network sees it."""
+    axes = np.abs(np.array(image.GetDirection()).reshape(3, 3)).argmax(0)  # physical axis of each image axis
+    spacing, shape = [0.0] * 3, [0] * 3
+    for axis, physical in enumerate(axes):
+        spacing[2 - physical] = float(image.GetSpacing()[axis])
+        shape[2 - physical] = int(image.GetSize()[axis])
+    return spacing, shape
+
+
+def measure(case: Case, modality: str, image: sitk.Image, ct: sitk.Image, mask: sitk.Image) -> Measurement:
+    """The fingerprint of one case read by :func:`load_case_hu`."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    spacing, shape = oriented_geometry(image)
+    inside = sitk.GetArrayFromImage(mask) > 0
+    cbct = (Intensities.of(np.clip(sitk.GetArrayFromImage(image)[inside], HU_MIN, HU_MAX), rng)
+            if modality == "cbct" else None)
+    return Measurement(case.name, case.region, spacing, shape,
+                       Intensities.of(sitk.GetArrayFromImage(ct)[inside], rng), cbct)
+
+
+def fingerprint_cases(cases: list[Case], modality: str) -> dict:
+    """The fingerprint (:func:`sctconv.data.fingerprint`) of raw cases, without preparing them."""
+    return fingerprint([measure(case, modality, *load_case_hu(case, modality)) for case in cases])
+
+
+def body_box(mask: np.ndarray, name: str) -> tuple[slice, slice, slice]:
+    """The bounding box of the body mask."""
+    if not mask.any():
+        raise SctconvError(f"case {name}: the body mask is empty on the model grid")
+    box = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    return (slice(box[0][0], box[0][-1] + 1), slice(box[1][0], box[1][-1] + 1), slice(box[2][0], box[2][-1] + 1))
+
+
+def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float], folder: Path) -> PreparedCase:
+    """Read ``case`` once into ``folder`` (or find it there already)."""
+    files = [p for p in (case.input, case.ct, case.mask, case.labels) if p is not None]
+    stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps([PREPARED_VERSION, stamps, modality, list(spacing)], sort_keys=True)
+    path = folder / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    prepared = PreparedCase(case.name, case.region, path, case.labels is not None, case)
+    if path.is_file():
+        return prepared
+    image, ct, mask = load_case_hu(case, modality)
+    measurement = measure(case, modality, image, ct, mask)
+    m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
+    box = body_box(m, case.name)
+    ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))[box]
+    x = None
+    if modality != "ct":
+        x = sitk.GetArrayFromImage(to_model_grid(image, spacing, default=float(sitk.GetArrayViewFromImage(image).min())))
+        x = x[box]
+    labels = None
+    if case.labels is not None:
+        labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
+                                                      sitk.sitkNearestNeighbor))[box]
+        if labels.max() > 255:
+            raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be "
+                               "the grouped values (sctconv.teacher.group_totalsegmentator)")
+        labels = labels.astype(np.uint8)
+    if not (np.isfinite(ct_grid).all() and (x is None or np.isfinite(x).all())):
+        raise SctconvError(f"case {case.name}: non-finite values after resampling")
+    save_prepared_case(path, PreparedArrays(x, ct_grid, m[box], labels), measurement)
+    return prepared
+
+
+def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, float, float], folder: Path,
+                    console: Console) -> list[PreparedCase]:
+    """Prepare ``cases`` into ``folder`` and index them there (``dataset.json``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        prepared = [prepare_case(case, modality, spacing, folder) for case in progress.track(cases)]
+    write_dataset_index(folder, modality, spacing, prepared)
+    return prepared

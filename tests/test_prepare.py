@@ -1,0 +1,120 @@
+"""Prepared datasets: each raw case read once, cropped to the body, with its fingerprint; training
+(stage 1 and AFP) from a prepared dataset alone, in a process where SimpleITK cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from rich.console import Console
+
+from sctconv import prepare
+from sctconv.data import discover_cases, open_prepared
+from sctconv.errors import SctconvError
+from sctconv.preprocess import to_model_grid
+from tests.conftest import simulated_cases
+from tests.test_train import sctconv
+
+SPACING = (3.0, 2.5, 2.5)
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def cbct_cases(tmp_path_factory) -> Path:
+    """Three simulated CBCT/CT pairs from the procedural phantom."""
+    root = tmp_path_factory.mktemp("cbct_cases")
+    simulated_cases(root, [f"case{i}" for i in range(3)], "cbct", (14, 52, 60), (2.0, 2.0, 3.0))
+    return root
+
+
+def test_a_case_is_read_once_onto_the_model_grid_and_cropped_to_the_body(cbct_cases, tmp_path, monkeypatch):
+    cases = discover_cases(cbct_cases, "cbct")
+    prepared = prepare.prepare_dataset(cases, "cbct", SPACING, tmp_path / "prep", QUIET)
+    task, spacing, indexed = open_prepared(tmp_path / "prep")
+    assert (task, spacing) == ("cbct", SPACING) and [c.name for c in indexed] == [c.name for c in cases]
+    for case, entry in zip(cases, prepared):
+        arrays = entry.load()
+        image, ct, mask = prepare.load_case_hu(case, "cbct")
+        full_mask = sitk.GetArrayFromImage(to_model_grid(mask, SPACING, sitk.sitkNearestNeighbor))
+        box = prepare.body_box(full_mask, case.name)
+        assert arrays.mask.shape == full_mask[box].shape and arrays.mask.sum() == full_mask.sum()
+        assert all(arrays.mask.any(axis=tuple(a for a in range(3) if a != axis))[[0, -1]].all() for axis in range(3))
+        full_ct = sitk.GetArrayFromImage(to_model_grid(ct, SPACING, default=-1024.0))
+        assert np.abs(arrays.ct - full_ct[box]).max() <= 0.5  # whole HU
+        full_input = sitk.GetArrayFromImage(to_model_grid(image, SPACING,
+                                                          default=float(sitk.GetArrayViewFromImage(image).min())))
+        np.testing.assert_array_equal(arrays.input, full_input[box])
+    # The fingerprint kept with the cases is the one measured on the raw files.
+    from sctconv.data import fingerprint
+
+    assert fingerprint([c.measurement() for c in indexed]) == prepare.fingerprint_cases(cases, "cbct")
+
+    # A second preparation finds every case and reads no image.
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a prepared case was read again")
+
+    monkeypatch.setattr(prepare, "load_case_hu", no_reading)
+    again = prepare.prepare_dataset(cases, "cbct", SPACING, tmp_path / "prep", QUIET)
+    assert [c.path for c in again] == [c.path for c in prepared]
+
+
+def test_prepare_command_and_refusals(cbct_cases, tmp_path):
+    result = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(tmp_path / "prep"))
+    assert "3 cases prepared at 3 x 2.5 x 2.5 mm" in result.stderr
+    index = json.loads((tmp_path / "prep" / "dataset.json").read_text())
+    assert index["task"] == "cbct" and str(cbct_cases) not in json.dumps(index)  # no paths
+    wrong_task = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "mr", "--output", str(tmp_path / "m"),
+                         check=False)
+    assert wrong_task.returncode == 1 and "prepared for --task cbct" in wrong_task.stderr
+    wrong_spacing = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "cbct", "--preset", "paper",
+                            "--output", str(tmp_path / "m"), check=False)
+    assert wrong_spacing.returncode == 1 and "prepared at" in wrong_spacing.stderr
+    next(iter((tmp_path / "prep").glob("*.npz"))).unlink()
+    missing = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "cbct", "--output", str(tmp_path / "m"),
+                      check=False)
+    assert missing.returncode == 1 and "lacks 1 case file" in missing.stderr
+    with pytest.raises(SctconvError, match="empty"):
+        prepare.body_box(np.zeros((2, 2, 2), bool), "c")
+
+
+IMAGING_PACKAGES = ("SimpleITK", "pydicom", "highdicom", "pylibjpeg")
+"""What a GPU node with PyTorch alone lacks (the sandbox's GPU machines among them)."""
+
+
+def without_imaging_packages(*args: str) -> subprocess.CompletedProcess:
+    """``sctconv ARGS`` in a process where importing SimpleITK or the DICOM packages fails."""
+    code = (f"import sys; sys.modules.update(dict.fromkeys({IMAGING_PACKAGES!r})); "
+            "from sctconv.cli import app; app()")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_stage_1_and_afp_train_from_a_prepared_dataset_without_imaging_packages(cbct_cases, tmp_path):
+    teacher = Path(__file__).parents[1] / "weights" / "ct-teacher-small"
+    sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(tmp_path / "prep"))
+    fast = ["--task", "cbct", "--epochs", "1", "--iterations", "2", "--device", "cpu"]
+    without_imaging_packages("train", "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "l1"), *fast)
+    without_imaging_packages("train", "--stage", "afp", "--init", str(tmp_path / "l1"), "--teacher", str(teacher),
+                      "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "afp"), *fast)
+    for name in ("l1", "afp"):
+        card = json.loads((tmp_path / name / "model.json").read_text())
+        metrics = card["metrics"]
+        assert metrics["evaluated_on"] == "validation cases, model grid (prepared dataset)"
+        assert metrics["mae_hu"] > 0 and metrics["input_cbct_mae_hu"] > 0 and 0 < metrics["ms_ssim"] <= 1
+        assert card["training"]["dataset_fingerprint"]["cbct"]["std"] > 0
+    # The same split and statistics as training on the raw cases.
+    sctconv("train", "--data", str(cbct_cases), "--output", str(tmp_path / "raw"), *fast)
+    raw, prepared = (json.loads((tmp_path / n / "model.json").read_text()) for n in ("raw", "l1"))
+    assert raw["input_normalization"] == prepared["input_normalization"]
+    assert raw["training"]["validation_cases"] == prepared["training"]["validation_cases"]
+    assert raw["metrics"]["evaluated_on"] == "validation cases, own grids"
+    assert json.loads((tmp_path / "raw" / "cache" / "dataset.json").read_text())["task"] == "cbct"
