@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from sctconv.data import (PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays, PreparedCase, fingerprint,
+from sctconv.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays, PreparedCase, fingerprint,
                           save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
@@ -110,7 +110,17 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
 
 def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, float, float], folder: Path,
                     console: Console) -> list[PreparedCase]:
-    """Prepare ``cases`` into ``folder`` and index them there (``dataset.json``)."""
+    """Prepare ``cases`` into ``folder`` and index them there (``dataset.json``).
+
+    ``folder`` is new, or holds a prepared dataset (its case files are reused), or the case files
+    of an interrupted preparation; any other folder is refused, so that nothing is written among
+    the user's own files.
+    """
+    foreign = [p.name for p in folder.iterdir() if p.suffix not in (".npz", ".partial") and p.name != DATASET_FILE] \
+        if folder.is_dir() else []
+    if foreign:
+        raise SctconvError(f"{folder} holds other files than a prepared dataset (e.g. {sorted(foreign)[0]}); "
+                           "choose a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:

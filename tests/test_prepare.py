@@ -81,6 +81,10 @@ def test_prepare_command_and_refusals(cbct_cases, tmp_path):
     assert missing.returncode == 1 and "lacks 1 case file" in missing.stderr
     with pytest.raises(SctconvError, match="empty"):
         prepare.body_box(np.zeros((2, 2, 2), bool), "c")
+    into_data = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(cbct_cases),
+                        check=False)
+    assert into_data.returncode == 1 and "holds other files than a prepared dataset" in into_data.stderr
+    assert not (cbct_cases / "dataset.json").exists()
 
 
 IMAGING_PACKAGES = ("SimpleITK", "pydicom", "highdicom", "pylibjpeg")
