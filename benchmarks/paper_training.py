@@ -13,8 +13,9 @@ preset (``sctconv prepare``) and stores the input as float16 for transport (the 
 below 2000, so the rounding is below 1 in 2000; the loader turns it back into float32).
 ``run`` trains with the paper preset (122 M parameters, patch 40 x 160 x 224, batch 2, fp16
 autocast) through the ``sctconv train`` command, validating on the last case, then fine-tunes with
-AFP against the shipped teacher and exports the result to ONNX, and writes ``summary.json`` with each
-stage's epoch times, peak GPU memory and final metrics (on the model grid: the raw images stay here).
+AFP against the shipped teacher and exports the result to ONNX, times its inference on the
+validation volume, and writes ``summary.json`` with each stage's epoch times, peak GPU memory and
+final metrics (on the model grid: the raw images stay here).
 """
 
 from __future__ import annotations
@@ -90,6 +91,36 @@ def stage_summary(folder: Path) -> dict:
             else None}
 
 
+def inference_timing(model_folder: Path, pack_dir: Path, device: str) -> dict:
+    """Sliding-window inference (step 0.3, mean blending, batch 2) of the model on the validation case."""
+    import time
+
+    import torch
+
+    from sctconv.data import open_prepared
+    from sctconv.model import load_model
+    from sctconv.normalize import normalize
+    from sctconv.predict import TorchBackend, sliding_window, window_starts
+
+    model = load_model(model_folder)
+    name = model.card.training["validation_cases"][0]
+    case = next(c for c in open_prepared(pack_dir)[2] if c.name == name)
+    arrays = case.load()
+    x = normalize(arrays.input, arrays.mask, model.card.input_normalization)
+    backend = TorchBackend(model.network, device)
+    sliding_window(x[:model.card.patch_size[0]], backend, model.card.patch_size)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    sliding_window(x, backend, model.card.patch_size)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    windows = int(np.prod([len(window_starts(n, p, 0.3)) for n, p in zip(x.shape, model.card.patch_size)]))
+    return {"case": name, "shape": list(x.shape), "windows": windows, "seconds": round(seconds, 2),
+            "windows_per_second": round(windows / seconds, 2)}
+
+
 def run(pack_dir: Path, out: Path, epochs: int, afp_epochs: int, iterations: int, preset: str, device: str) -> None:
     import torch
 
@@ -102,7 +133,8 @@ def run(pack_dir: Path, out: Path, epochs: int, afp_epochs: int, iterations: int
             "--output", str(work / "afp"), "--epochs", str(afp_epochs), "--val-every", str(afp_epochs))
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     summary = {"device": device_name, "torch": torch.__version__, "preset": preset,
-               "l1": stage_summary(work / "l1"), "afp": stage_summary(work / "afp")}
+               "l1": stage_summary(work / "l1"), "afp": stage_summary(work / "afp"),
+               "inference": inference_timing(work / "afp", pack_dir, device)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for stage in ("l1", "afp"):
         shutil.copy(work / stage / "curves.png", out / f"curves_{stage}.png")
@@ -114,6 +146,9 @@ def run(pack_dir: Path, out: Path, epochs: int, afp_epochs: int, iterations: int
               f"(all: {s['epoch_seconds']}), peak GPU memory {s['gpu_allocated_gib']} GiB allocated, "
               f"{s['gpu_reserved_gib']} GiB reserved; MAE {m['mae_hu']:.1f} HU, PSNR {m['psnr_db']:.2f} dB, "
               f"MS-SSIM {m['ms_ssim']:.4f} ({m['evaluated_on']})")
+    i = summary["inference"]
+    print(f"inference: {i['windows']} windows of the {i['shape']} validation volume at step 0.3 in {i['seconds']} s "
+          f"({i['windows_per_second']} windows/s)")
 
 
 def main() -> None:
