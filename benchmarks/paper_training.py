@@ -12,7 +12,7 @@ body of a head-and-neck case at 1 mm is too large to carry), prepares the cases 
 preset (``sctconv prepare``) and stores the input as float16 for transport (the simulated MR is
 below 2000, so the rounding is below 1 in 2000; the loader turns it back into float32).
 ``run`` trains with the paper preset (122 M parameters, patch 40 x 160 x 224, batch 2, fp16
-autocast) through the ``sctconv train`` command, validating on the last case, then fine-tunes with
+autocast) through the ``sctconv train`` command, validating on one case (the 20% split), then fine-tunes with
 AFP against the shipped teacher and exports the result to ONNX, times its inference on the
 validation volume, and writes ``summary.json`` with each stage's epoch times, peak GPU memory and
 final metrics (on the model grid: the raw images stay here).

@@ -11,7 +11,7 @@ or AB; :func:`select_regions` keeps the cases of the wanted regions and those of
 
 Raw cases are read once (:mod:`sctconv.prepare`) into a *prepared dataset*: a folder with
 ``dataset.json`` and one ``.npz`` per case holding the input and the CT (HU) on the model's grid,
-cropped to the body, with the body mask, the label map when there is one, and the case's
+cropped to the body with a margin of air, with the body mask, the label map when there is one, and the case's
 fingerprint (spacing, shape and foreground intensity sums and samples on its own grid). A
 prepared dataset holds no patient identifiers and no file paths; training reads it with numpy
 alone, so it can be copied to a GPU machine without the raw images (or SimpleITK).
@@ -22,6 +22,7 @@ serves any statistics.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from sctconv.normalize import normalize
 from sctconv.teacher import GROUPS, tissue_labels
 
 PREPARED_FORMAT = "sctconv-prepared"
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2
 DATASET_FILE = "dataset.json"
 
 
@@ -163,17 +164,27 @@ class PreparedCase:
 
     def measurement(self) -> Measurement:
         """The case's fingerprint, stored beside its arrays."""
-        with np.load(self.path) as data:
-            meta = json.loads(str(data["meta"]))
-            samples = {key: data[f"{key}_sample"] for key in ("ct", "cbct") if f"{key}_sample" in data}
-        intensities = {key: Intensities(**meta[key], sample=sample) for key, sample in samples.items()}
-        return Measurement(self.name, self.region, meta["spacing"], meta["shape"], intensities["ct"],
-                           intensities.get("cbct"))
+        try:
+            with np.load(self.path) as data:
+                meta = json.loads(str(data["meta"]))
+                samples = {key: data[f"{key}_sample"] for key in ("ct", "cbct") if f"{key}_sample" in data}
+            intensities = {key: Intensities(**meta[key], sample=sample) for key, sample in samples.items()}
+            return Measurement(self.name, self.region, meta["spacing"], meta["shape"], intensities["ct"],
+                               intensities.get("cbct"))
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise self._damaged(exc) from None
 
     def load(self) -> PreparedArrays:
-        with np.load(self.path) as data:
-            return PreparedArrays(data["input"] if "input" in data else None, data["ct"].astype(np.float32),
-                                  data["mask"], data["labels"] if "labels" in data else None)
+        try:
+            with np.load(self.path) as data:
+                return PreparedArrays(data["input"] if "input" in data else None, data["ct"].astype(np.float32),
+                                      data["mask"], data["labels"] if "labels" in data else None)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> SctconvError:
+        return SctconvError(f"cannot read prepared case {self.name}: {self.path} is damaged or not a prepared case "
+                            f"({type(exc).__name__}); prepare the dataset again")
 
 
 def save_prepared_case(path: Path, arrays: PreparedArrays, measurement: Measurement) -> None:
@@ -209,21 +220,31 @@ def write_dataset_index(folder: Path, modality: str, spacing: tuple[float, float
     partial.replace(folder / DATASET_FILE)
 
 
+def read_index(folder: Path) -> dict | None:
+    """The ``dataset.json`` of the prepared dataset in ``folder``, of any version; None when there is
+    none (an nnU-Net raw dataset also has a ``dataset.json``, which is not one)."""
+    try:
+        index = json.loads((folder / DATASET_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) and index.get("format") == PREPARED_FORMAT else None
+
+
 def is_prepared(folder: Path) -> bool:
-    """Whether ``folder`` is a prepared dataset (it holds ``dataset.json``)."""
-    return (folder / DATASET_FILE).is_file()
+    """Whether ``folder`` is a prepared dataset."""
+    return read_index(folder) is not None
 
 
 def open_prepared(folder: Path) -> tuple[str, tuple[float, float, float], list[PreparedCase]]:
     """The task, spacing (z, y, x) and cases of the prepared dataset in ``folder``."""
+    index = read_index(folder)
+    if index is None or index.get("version") != PREPARED_VERSION:
+        raise SctconvError(f"{folder} is not a prepared dataset of this sctconv version; prepare it again")
     try:
-        index = json.loads((folder / DATASET_FILE).read_text())
-        if index.get("format") != PREPARED_FORMAT or index.get("version") != PREPARED_VERSION:
-            raise SctconvError(f"{folder} is not a prepared dataset of this sctconv version; prepare it again")
         cases = [PreparedCase(c["name"], c["region"], folder / c["file"], bool(c["labels"])) for c in index["cases"]]
         spacing = tuple(float(s) for s in index["spacing"])
         task = str(index["task"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise SctconvError(f"cannot read prepared dataset {folder}: {exc}") from None
     missing = [c.path.name for c in cases if not c.path.is_file()]
     if missing:

@@ -50,7 +50,7 @@ from sctconv.metrics import image_metrics
 from sctconv.nnunet import NnUNetTeacher
 from sctconv.normalize import HU_MIN, normalize
 from sctconv.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocess import image_like, to_input_grid, to_model_grid
+from sctconv.preprocess import image_like, to_model_grid
 from sctconv.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,8 @@ def segment(teacher: Teacher | NnUNetTeacher, ct: sitk.Image, device: str = "cpu
     labels = np.zeros(ct.GetSize()[::-1], dtype=np.uint8 if len(logits) <= 256 else np.uint16)
     best = np.full(labels.shape, -np.inf, dtype=np.float32)
     for label, channel in enumerate(logits):
-        score = sitk.GetArrayFromImage(to_input_grid(image_like(channel, grid), ct, 0.0))
+        score = sitk.GetArrayFromImage(sitk.Resample(image_like(channel, grid), ct, sitk.Transform(), sitk.sitkLinear,
+                                                     0.0, sitk.sitkFloat32, True))  # nearest value beyond the grid
         better = score > best
         best[better] = score[better]
         labels[better] = label

@@ -3,7 +3,7 @@
 Each case is read once: its fingerprint is measured on its own grid, then the input, the CT (HU,
 clipped to [-1024, 3071]), the body mask and the label map are put on the model grid by the
 inference path's own :func:`sctconv.preprocess.to_model_grid` and cropped to the body's bounding
-box (:mod:`sctconv.data` describes the result). A case file is named by a hash of the raw files'
+box widened by :data:`CROP_MARGIN_MM` (:mod:`sctconv.data` describes the result). A case file is named by a hash of the raw files'
 paths, sizes and modification times and of the spacing, so a later run (a resume, another stage,
 a second process) reuses it instead of reading the images again.
 """
@@ -20,15 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from sctconv.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays, PreparedCase, fingerprint,
-                          save_prepared_case, write_dataset_index)
+                          read_index, save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
 from sctconv.normalize import HU_MAX, HU_MIN
 from sctconv.preprocess import check_finite, to_model_grid
 
-SAMPLE_SEED = 1234
-"""Seed of each case's foreground sample (the percentiles are reproducible)."""
+CROP_MARGIN_MM = 30.0
+"""Air kept around the body's bounding box, so that training patches see the skin with air around it."""
 
 
 def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
@@ -54,7 +54,7 @@ def oriented_geometry(image: sitk.Image) -> tuple[list[float], list[int]]:
 
 def measure(case: Case, modality: str, image: sitk.Image, ct: sitk.Image, mask: sitk.Image) -> Measurement:
     """The fingerprint of one case read by :func:`load_case_hu`."""
-    rng = np.random.default_rng(SAMPLE_SEED)
+    rng = np.random.default_rng(int(hashlib.sha1(case.name.encode()).hexdigest()[:8], 16))  # reproducible, per case
     spacing, shape = oriented_geometry(image)
     inside = sitk.GetArrayFromImage(mask) > 0
     cbct = (Intensities.of(np.clip(sitk.GetArrayFromImage(image)[inside], HU_MIN, HU_MAX), rng)
@@ -68,12 +68,15 @@ def fingerprint_cases(cases: list[Case], modality: str) -> dict:
     return fingerprint([measure(case, modality, *load_case_hu(case, modality)) for case in cases])
 
 
-def body_box(mask: np.ndarray, name: str) -> tuple[slice, slice, slice]:
-    """The bounding box of the body mask."""
+def body_box(mask: np.ndarray, margin: tuple[int, int, int], name: str) -> tuple[slice, slice, slice]:
+    """The bounding box of the body mask widened by ``margin`` voxels per axis (within the volume)."""
     if not mask.any():
         raise SctconvError(f"case {name}: the body mask is empty on the model grid")
-    box = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    return (slice(box[0][0], box[0][-1] + 1), slice(box[1][0], box[1][-1] + 1), slice(box[2][0], box[2][-1] + 1))
+    box = []
+    for axis in range(3):
+        inside = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(0, inside[0] - margin[axis]), min(mask.shape[axis], inside[-1] + 1 + margin[axis])))
+    return box[0], box[1], box[2]
 
 
 def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float], folder: Path) -> PreparedCase:
@@ -88,7 +91,7 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     image, ct, mask = load_case_hu(case, modality)
     measurement = measure(case, modality, image, ct, mask)
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
-    box = body_box(m, case.name)
+    box = body_box(m, tuple(int(round(CROP_MARGIN_MM / s)) for s in spacing), case.name)
     ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))[box]
     x = None
     if modality != "ct":
@@ -109,21 +112,28 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
 
 
 def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, float, float], folder: Path,
-                    console: Console) -> list[PreparedCase]:
-    """Prepare ``cases`` into ``folder`` and index them there (``dataset.json``).
+                    console: Console, index: bool = True) -> list[PreparedCase]:
+    """Prepare ``cases`` into ``folder`` and, with ``index``, list them there in their order
+    (``dataset.json``, which makes the folder a prepared dataset of exactly these cases).
 
-    ``folder`` is new, or holds a prepared dataset (its case files are reused), or the case files
-    of an interrupted preparation; any other folder is refused, so that nothing is written among
-    the user's own files.
+    ``folder`` is new, or holds a prepared dataset of the same task and spacing (its case files are
+    reused), or the case files of an interrupted preparation; any other folder is refused, so that
+    nothing is written among the user's own files and no other prepared dataset is overwritten.
     """
     foreign = [p.name for p in folder.iterdir() if p.suffix not in (".npz", ".partial") and p.name != DATASET_FILE] \
         if folder.is_dir() else []
     if foreign:
         raise SctconvError(f"{folder} holds other files than a prepared dataset (e.g. {sorted(foreign)[0]}); "
                            "choose a new folder")
+    existing = read_index(folder)
+    if existing and existing.get("version") == PREPARED_VERSION and \
+            (existing.get("task") != modality or not np.allclose(existing.get("spacing"), spacing)):
+        raise SctconvError(f"{folder} holds a dataset prepared for --task {existing.get('task')} at "
+                           f"{existing.get('spacing')} mm, not {modality} at {list(spacing)} mm; choose another folder")
     folder.mkdir(parents=True, exist_ok=True)
     with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
         prepared = [prepare_case(case, modality, spacing, folder) for case in progress.track(cases)]
-    write_dataset_index(folder, modality, spacing, prepared)
+    if index:
+        write_dataset_index(folder, modality, spacing, prepared)
     return prepared

@@ -167,36 +167,32 @@ def find_cases(folder: Path, config: TrainConfig) -> list[Case] | list[PreparedC
     return select_regions(discover_cases(folder, config.modality), config.regions)
 
 
-def choose_cases(config: TrainConfig) -> tuple[list, list, dict]:
-    """Training and validation cases of the configured regions, and how they were split."""
-    cases = find_cases(config.data, config)
-    if config.val_data:
-        if config.fold is not None:
-            raise SctconvError("--fold splits --data; it cannot be combined with --val-data")
-        return cases, find_cases(config.val_data, config), {"val_data": str(config.val_data)}
-    train_names, val_names = split_cases([c.name for c in cases], config.val_fraction, config.seed, config.fold,
-                                         config.folds)
-    split = ({"val_fraction": config.val_fraction} if config.fold is None else
-             {"fold": config.fold, "folds": config.folds})
-    return ([c for c in cases if c.name in train_names], [c for c in cases if c.name in val_names],
-            {**split, "seed": config.seed})
-
-
-def prepare_cases(cases: list, config: TrainConfig, spacing: tuple[float, float, float], folder: Path,
-                  console: Console) -> list[PreparedCase]:
-    """Raw cases read once into ``folder`` (the cache); prepared ones checked against ``spacing``."""
-    for dataset in sorted({c.path.parent for c in cases if isinstance(c, PreparedCase)}):
+def prepare_cases(cases: list[Case] | list[PreparedCase], config: TrainConfig, spacing: tuple[float, float, float],
+                  folder: Path, console: Console, index: bool) -> list[PreparedCase]:
+    """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones
+    checked against ``spacing``."""
+    if not cases:
+        return []
+    if isinstance(cases[0], PreparedCase):
+        dataset = cases[0].path.parent
         _, prepared_spacing, _ = open_prepared(dataset)
         if not np.allclose(prepared_spacing, spacing):
             raise SctconvError(f"{dataset} was prepared at {prepared_spacing} mm, but this model works at "
                                f"{spacing} mm; prepare it again with the same --preset or --plan")
-    raw = [c for c in cases if isinstance(c, Case)]
-    if not raw:
-        return cases
+        return list(cases)
     from sctconv.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
 
-    prepared = iter(prepare_dataset(raw, config.modality, spacing, folder, console))
-    return [next(prepared) if isinstance(c, Case) else c for c in cases]
+    return prepare_dataset(cases, config.modality, spacing, folder, console, index)
+
+
+def choose_validation(config: TrainConfig, names: list[str]) -> tuple[set[str], dict]:
+    """The names of --data's cases held out for validation (none with --val-data), and how."""
+    if config.val_data:
+        return set(), {"val_data": str(config.val_data)}
+    _, val_names = split_cases(names, config.val_fraction, config.seed, config.fold, config.folds)
+    split = ({"val_fraction": config.val_fraction} if config.fold is None else
+             {"fold": config.fold, "folds": config.folds})
+    return set(val_names), {**split, "seed": config.seed}
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict[int, float]:
@@ -279,10 +275,21 @@ def start_ranks(device: str) -> Ranks:
     return Ranks(device, dist.get_rank(), dist.get_world_size())
 
 
-def run_identity(config: TrainConfig, card: ModelCard) -> str:
-    """What a checkpoint must have been trained as for this run to resume it (stage and network)."""
-    return json.dumps({"stage": config.stage, "architecture": card.architecture.to_dict(),
-                       "spacing": card.spacing, "patch_size": card.patch_size}, sort_keys=True)
+def run_identity(stage: str, architecture: Architecture, spacing: tuple[float, float, float],
+                 patch_size: tuple[int, int, int], train: list[str], validation: list[str]) -> str:
+    """What a checkpoint must have been trained as for this run to resume it: stage, network and cases."""
+    return json.dumps({"stage": stage, "architecture": architecture.to_dict(), "spacing": list(spacing),
+                       "patch_size": list(patch_size), "train": train, "validation": validation}, sort_keys=True)
+
+
+def load_checkpoint(path: Path, identity: str, device: str) -> dict | None:
+    """The checkpoint at ``path`` when there is one, refused when another run wrote it."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("identity") != identity:
+        raise SctconvError(f"{path} belongs to another run (stage, network or cases differ); use a new --output folder")
+    return state
 
 
 def save_checkpoint(path: Path, identity: str, network: UNet, optimizer: torch.optim.Optimizer,
@@ -346,6 +353,8 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         raise SctconvError("--init and --teacher belong to --stage afp")
     if config.stage == "afp" and config.plan:
         raise SctconvError("--plan does not apply to stage afp: it keeps the --init model's network")
+    if config.fold is not None and config.val_data:
+        raise SctconvError("--fold splits --data; it cannot be combined with --val-data")
     if config.init and config.init.resolve() == config.out.resolve():
         raise SctconvError("--output must be a new folder, not the --init model's")
     if min(config.epochs, config.iterations, config.val_every) < 1:
@@ -364,25 +373,37 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     cache = config.cache or config.out / "cache"
 
-    # Data: find the cases, split them, read raw ones once into the cache (a prepared dataset), normalize.
-    train_cases, val_cases, split = choose_cases(config)
+    # Data: find the cases, read raw ones once into the cache (a prepared dataset of --data's cases, in
+    # their order, so that it splits as they do), split them, normalize.
+    data_cases = find_cases(config.data, config)
+    val_data_cases = find_cases(config.val_data, config) if config.val_data else []
+    held_out, split = choose_validation(config, [c.name for c in data_cases])
+    setup = network_setup(config.preset, config.plan, None if config.stage == "teacher" else config.modality)
+    init = load_model(config.init) if config.init else None
+    spacing = init.card.spacing if init else setup["spacing"]
+    checkpoint_path = config.out / "checkpoint_latest.pt"
+    identity = run_identity(config.stage, init.card.architecture if init else setup["architecture"], spacing,
+                            init.card.patch_size if init else setup["patch_size"],
+                            [c.name for c in data_cases if c.name not in held_out],
+                            [c.name for c in val_data_cases] + [c.name for c in data_cases if c.name in held_out])
+    state = load_checkpoint(checkpoint_path, identity, device)  # before any work: a foreign one is refused
+    if not ranks.main:
+        ranks.barrier()  # rank 0 fills the cache first; the others then read it
+    prepared = prepare_cases(data_cases, config, spacing, cache, console, index=ranks.main)
+    prepared_val = prepare_cases(val_data_cases, config, spacing, cache, console, index=False)
+    if ranks.main:
+        ranks.barrier()
+    train_cases = [c for c in prepared if c.name not in held_out]
+    val_cases = prepared_val + [c for c in prepared if c.name in held_out]
     if ranks.main:
         (config.out / "split.json").write_text(json.dumps(
             {**split, "train": [c.name for c in train_cases], "validation": [c.name for c in val_cases]}, indent=2))
     console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
-    setup = network_setup(config.preset, config.plan, None if config.stage == "teacher" else config.modality)
-    init = load_model(config.init) if config.init else None
-    spacing = init.card.spacing if init else setup["spacing"]
-    if not ranks.main:
-        ranks.barrier()  # rank 0 fills the cache first; the others then read it
-    prepared = prepare_cases(train_cases + val_cases, config, spacing, cache, console)
-    if ranks.main:
-        ranks.barrier()
-    card, stats = make_card(config, prepared[:len(train_cases)], setup, init)
+    card, stats = make_card(config, train_cases, setup, init)
     segmentation = card.task == "segmentation"
     with Progress(TextColumn("loading"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
-        arrays = [case_arrays(c, card) for c in progress.track(prepared)]
+        arrays = [case_arrays(c, card) for c in progress.track(train_cases + val_cases)]
     train_arrays, val_arrays = arrays[:len(train_cases)], arrays[len(train_cases):]
 
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
@@ -406,14 +427,8 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                                 nesterov=True, weight_decay=config.weight_decay)
     use_amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    checkpoint_path = config.out / "checkpoint_latest.pt"
     start_epoch, history = 0, []
-    identity = run_identity(config, card)
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state.get("identity") != identity:
-            raise SctconvError(f"{checkpoint_path} belongs to another run (stage or network differ); "
-                               "use a new --output folder")
+    if state is not None:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -421,6 +436,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         rng.bit_generator.state = rank_rng_state(json.loads(state["numpy_rng"]), ranks)
         torch.set_rng_state(state["torch_rng"])
         console.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+        del state  # the copies in the network and optimizer are what training uses; free the loaded ones
     # Several processes: gradients are averaged over the ranks in backward().
     model = DistributedDataParallel(network) if ranks.world > 1 else network
     batch_size = config.batch_size or setup["batch_size"]
@@ -483,7 +499,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     console.print("measuring the validation cases")
     network.eval()
     metrics = (teacher_metrics(network, card, val_arrays, device) if segmentation
-               else final_metrics(network, card, prepared[len(train_cases):], config.modality, device))
+               else final_metrics(network, card, val_cases, config.modality, device))
     console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     training = {"stage": config.stage, "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
                 "validation_cases": [c.name for c in val_cases], "fold": config.fold, "split": split,
@@ -495,7 +511,11 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     save_model(config.out, replace(card, training=training, metrics=metrics), network)
     if config.onnx and not segmentation:
         console.print("exporting to ONNX")
-        export_onnx(network, card.patch_size, config.out / ONNX_NAME)
+        try:
+            export_onnx(network, card.patch_size, config.out / ONNX_NAME)
+        except Exception as exc:  # noqa: BLE001 - the trained model is saved; ONNX is a convenience on top
+            console.print(f"[yellow]warning:[/] ONNX export failed ({type(exc).__name__}: {exc}); the model is "
+                          "saved, export it later with sctconv export")
     console.print(f"[green]model written to {config.out}[/]")
     return config.out
 

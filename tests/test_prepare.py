@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import SimpleITK as sitk
 from rich.console import Console
 
 from sctconv import prepare
-from sctconv.data import discover_cases, open_prepared
+from sctconv.data import discover_cases, is_prepared, open_prepared
 from sctconv.errors import SctconvError
 from sctconv.preprocess import to_model_grid
 from tests.conftest import simulated_cases
@@ -42,9 +43,9 @@ def test_a_case_is_read_once_onto_the_model_grid_and_cropped_to_the_body(cbct_ca
         arrays = entry.load()
         image, ct, mask = prepare.load_case_hu(case, "cbct")
         full_mask = sitk.GetArrayFromImage(to_model_grid(mask, SPACING, sitk.sitkNearestNeighbor))
-        box = prepare.body_box(full_mask, case.name)
-        assert arrays.mask.shape == full_mask[box].shape and arrays.mask.sum() == full_mask.sum()
-        assert all(arrays.mask.any(axis=tuple(a for a in range(3) if a != axis))[[0, -1]].all() for axis in range(3))
+        box = prepare.body_box(full_mask, tuple(round(prepare.CROP_MARGIN_MM / s) for s in SPACING), case.name)
+        np.testing.assert_array_equal(arrays.mask, full_mask[box])
+        assert arrays.mask.sum() == full_mask.sum()
         full_ct = sitk.GetArrayFromImage(to_model_grid(ct, SPACING, default=-1024.0))
         assert np.abs(arrays.ct - full_ct[box]).max() <= 0.5  # whole HU
         full_input = sitk.GetArrayFromImage(to_model_grid(image, SPACING,
@@ -64,27 +65,54 @@ def test_a_case_is_read_once_onto_the_model_grid_and_cropped_to_the_body(cbct_ca
     assert [c.path for c in again] == [c.path for c in prepared]
 
 
+def test_the_body_box_keeps_a_margin_within_the_volume():
+    mask = np.zeros((40, 40, 40), bool)
+    mask[10:20, 15:25, 5:35] = True
+    assert prepare.body_box(mask, (2, 3, 6), "c") == (slice(8, 22), slice(12, 28), slice(0, 40))
+
+
+def test_only_sctconv_datasets_count_as_prepared(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}}))
+    assert not is_prepared(tmp_path)  # an nnU-Net raw dataset is raw data
+    (tmp_path / "dataset.json").write_text("[1, 2]")
+    assert not is_prepared(tmp_path)
+
+
 def test_prepare_command_and_refusals(cbct_cases, tmp_path):
-    result = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(tmp_path / "prep"))
+    prep = tmp_path / "prep"
+    result = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(prep))
     assert "3 cases prepared at 3 x 2.5 x 2.5 mm" in result.stderr
-    index = json.loads((tmp_path / "prep" / "dataset.json").read_text())
+    index = json.loads((prep / "dataset.json").read_text())
     assert index["task"] == "cbct" and str(cbct_cases) not in json.dumps(index)  # no paths
-    wrong_task = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "mr", "--output", str(tmp_path / "m"),
+
+    def train_error(data: Path, *args: str) -> str:
+        result = sctconv("train", "--data", str(data), "--task", "cbct", "--output", str(tmp_path / "m"), *args,
                          check=False)
-    assert wrong_task.returncode == 1 and "prepared for --task cbct" in wrong_task.stderr
-    wrong_spacing = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "cbct", "--preset", "paper",
-                            "--output", str(tmp_path / "m"), check=False)
-    assert wrong_spacing.returncode == 1 and "prepared at" in wrong_spacing.stderr
-    next(iter((tmp_path / "prep").glob("*.npz"))).unlink()
-    missing = sctconv("train", "--data", str(tmp_path / "prep"), "--task", "cbct", "--output", str(tmp_path / "m"),
-                      check=False)
-    assert missing.returncode == 1 and "lacks 1 case file" in missing.stderr
-    with pytest.raises(SctconvError, match="empty"):
-        prepare.body_box(np.zeros((2, 2, 2), bool), "c")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1 and last.startswith("error: ") and "Traceback" not in result.stderr
+        return last
+
+    assert "prepared for --task cbct" in sctconv("train", "--data", str(prep), "--task", "mr", "--output",
+                                                 str(tmp_path / "m"), check=False).stderr
+    assert "prepared at" in train_error(prep, "--preset", "paper")
+    other = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--preset", "paper", "--output", str(prep),
+                    check=False)
+    assert other.returncode == 1 and "holds a dataset prepared for --task cbct at" in other.stderr
     into_data = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(cbct_cases),
                         check=False)
     assert into_data.returncode == 1 and "holds other files than a prepared dataset" in into_data.stderr
     assert not (cbct_cases / "dataset.json").exists()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(prep, broken)
+    sorted(broken.glob("*.npz"))[0].write_bytes(b"not a zip")
+    assert "cannot read prepared case" in train_error(broken)
+    sorted(broken.glob("*.npz"))[0].unlink()
+    assert "lacks 1 case file" in train_error(broken)
+    (broken / "dataset.json").write_text(json.dumps({"format": "sctconv-prepared", "version": 1}))
+    assert "not a prepared dataset of this sctconv version" in train_error(broken)
+    with pytest.raises(SctconvError, match="empty"):
+        prepare.body_box(np.zeros((2, 2, 2), bool), (1, 1, 1), "c")
 
 
 IMAGING_PACKAGES = ("SimpleITK", "pydicom", "highdicom", "pylibjpeg")
@@ -108,7 +136,7 @@ def test_stage_1_and_afp_train_from_a_prepared_dataset_without_imaging_packages(
     fast = ["--task", "cbct", "--epochs", "1", "--iterations", "2", "--device", "cpu"]
     without_imaging_packages("train", "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "l1"), *fast)
     without_imaging_packages("train", "--stage", "afp", "--init", str(tmp_path / "l1"), "--teacher", str(teacher),
-                      "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "afp"), *fast)
+                             "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "afp"), *fast)
     for name in ("l1", "afp"):
         card = json.loads((tmp_path / name / "model.json").read_text())
         metrics = card["metrics"]
@@ -121,4 +149,6 @@ def test_stage_1_and_afp_train_from_a_prepared_dataset_without_imaging_packages(
     assert raw["input_normalization"] == prepared["input_normalization"]
     assert raw["training"]["validation_cases"] == prepared["training"]["validation_cases"]
     assert raw["metrics"]["evaluated_on"] == "validation cases, own grids"
-    assert json.loads((tmp_path / "raw" / "cache" / "dataset.json").read_text())["task"] == "cbct"
+    cache = json.loads((tmp_path / "raw" / "cache" / "dataset.json").read_text())
+    assert cache["task"] == "cbct"  # the cache is a prepared dataset of --data's cases in their order: same split
+    assert [c["name"] for c in cache["cases"]] == [c.name for c in discover_cases(cbct_cases, "cbct")]
