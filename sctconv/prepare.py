@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
 from sctconv.normalize import HU_MAX, HU_MIN
 from sctconv.preprocess import check_finite, to_model_grid
+
+log = logging.getLogger(__name__)
 
 CROP_MARGIN_MM = 30.0
 """Air kept around the body's bounding box, so that training patches see the skin with air around it."""
@@ -85,9 +88,9 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = json.dumps([PREPARED_VERSION, stamps, modality, list(spacing)], sort_keys=True)
     path = folder / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
-    prepared = PreparedCase(case.name, case.region, path, case.labels is not None, case)
     if path.is_file():
-        return prepared
+        with np.load(path) as data:
+            return PreparedCase(case.name, case.region, path, "labels" in data.files, case)
     image, ct, mask = load_case_hu(case, modality)
     measurement = measure(case, modality, image, ct, mask)
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
@@ -99,16 +102,27 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
         x = x[box]
     labels = None
     if case.labels is not None:
-        labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
-                                                      sitk.sitkNearestNeighbor))[box]
-        if labels.max() > 255:
-            raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be "
-                               "the grouped values (sctconv.teacher.group_totalsegmentator)")
-        labels = labels.astype(np.uint8)
+        try:
+            labels = grouped_labels(case, ct, spacing, box)
+        except SctconvError as exc:
+            if modality == "ct":  # a teacher's case: its labels are the training target
+                raise
+            log.warning("%s; the case is prepared without them (only a teacher needs labels)", exc)
     if not (np.isfinite(ct_grid).all() and (x is None or np.isfinite(x).all())):
         raise SctconvError(f"case {case.name}: non-finite values after resampling")
     save_prepared_case(path, PreparedArrays(x, ct_grid, m[box], labels), measurement)
-    return prepared
+    return PreparedCase(case.name, case.region, path, labels is not None, case)
+
+
+def grouped_labels(case: Case, ct: sitk.Image, spacing: tuple[float, float, float],
+                   box: tuple[slice, slice, slice]) -> np.ndarray:
+    """The case's label map on the model grid, cropped to ``box`` (uint8: grouped values only)."""
+    labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
+                                                  sitk.sitkNearestNeighbor))[box]
+    if labels.max() > 255:
+        raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be "
+                           "the grouped values (sctconv.teacher.group_totalsegmentator)")
+    return labels.astype(np.uint8)
 
 
 def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, float, float], folder: Path,

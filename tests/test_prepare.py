@@ -78,6 +78,17 @@ def test_only_sctconv_datasets_count_as_prepared(tmp_path):
     assert not is_prepared(tmp_path)
 
 
+def test_a_broken_label_map_only_stops_a_teachers_preparation(cbct_cases, tmp_path, caplog):
+    shutil.copytree(cbct_cases / "case0", tmp_path / "data" / "case0")
+    (tmp_path / "data" / "case0" / "labels.nii.gz").write_bytes(b"not an image")
+    case = discover_cases(tmp_path / "data", "cbct")
+    prepared = prepare.prepare_dataset(case, "cbct", SPACING, tmp_path / "prep", QUIET)
+    assert not prepared[0].labels and prepared[0].load().labels is None and "prepared without them" in caplog.text
+    assert not prepare.prepare_dataset(case, "cbct", SPACING, tmp_path / "prep", QUIET)[0].labels  # from the file
+    with pytest.raises(SctconvError, match="cannot read"):
+        prepare.prepare_dataset(discover_cases(tmp_path / "data", "ct"), "ct", SPACING, tmp_path / "ct", QUIET)
+
+
 def test_prepare_command_and_refusals(cbct_cases, tmp_path):
     prep = tmp_path / "prep"
     result = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(prep))
