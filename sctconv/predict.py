@@ -55,6 +55,8 @@ class TorchBackend:
     def __init__(self, network: UNet, device: str) -> None:
         self.device = device
         self.network = network.to(device).eval()
+        if device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # windows of one size: cuDNN may pick its fastest kernels
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:

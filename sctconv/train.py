@@ -426,6 +426,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
     use_amp = device.startswith("cuda")
+    torch.backends.cudnn.benchmark = use_amp  # patches of one size: cuDNN may pick its fastest kernels (as nnU-Net)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, history = 0, []
     if state is not None:
