@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models from the real CTs in ../shared/data (see weights/README.md).
-# Usage: weights/build.sh WORK_DIR [EPOCHS] [ITERATIONS]
+# Usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]
 # Every step is an sctconv command: simulate paired cases, then train on them with held-out CTs
 # (two head-and-neck patients and the LIDC chest CT) that no model sees during training.
 set -euo pipefail
-work=${1:?usage: weights/build.sh WORK_DIR [EPOCHS] [ITERATIONS]}
-epochs=${2:-10}
-iterations=${3:-250}
+work=${1:?usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]}
+mr_epochs=${2:-24}
+cbct_epochs=${3:-10}
+iterations=${4:-250}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$repo/../shared/data
 sims=3
@@ -36,10 +37,11 @@ for modality in mr cbct; do
 done
 
 for modality in mr cbct; do
+    epochs=$mr_epochs; [ $modality = cbct ] && epochs=$cbct_epochs
     sctconv train --data "$work/$modality/train" --val-data "$work/$modality/heldout" \
         --output "$work/models/${modality}2ct-small" --task $modality \
         --region head-neck --region thorax --region abdomen \
-        --epochs "$epochs" --iterations "$iterations" --val-every 2 --device auto
+        --epochs "$epochs" --iterations "$iterations" --val-every 4 --device auto
 done
 
 # The default AFP teacher: HU tissue classes of the training CTs.
