@@ -283,7 +283,8 @@ def case_arrays(case: PreparedCase, card: ModelCard) -> CaseArrays:
                 raise SctconvError(f"case {case.name} has no labels.* file; every case needs one, or none should")
             if arrays.labels.max() >= len(GROUPS):
                 raise SctconvError(f"case {case.name}: label {int(arrays.labels.max())}; labels must be the "
-                                   f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} (sctconv.teacher.group_totalsegmentator)")
+                                   f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} "
+                                   "(sctconv.teacher.group_totalsegmentator)")
             y = arrays.labels.astype(np.uint8)
         else:
             y = tissue_labels(arrays.ct, arrays.mask)

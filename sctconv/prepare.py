@@ -3,9 +3,10 @@
 Each case is read once: its fingerprint is measured on its own grid, then the input, the CT (HU,
 clipped to [-1024, 3071]), the body mask and the label map are put on the model grid by the
 inference path's own :func:`sctconv.preprocess.to_model_grid` and cropped to the body's bounding
-box widened by :data:`CROP_MARGIN_MM` (:mod:`sctconv.data` describes the result). A case file is named by a hash of the raw files'
-paths, sizes and modification times and of the spacing, so a later run (a resume, another stage,
-a second process) reuses it instead of reading the images again.
+box widened by :data:`CROP_MARGIN_MM` (:mod:`sctconv.data` describes the result). A case file is
+named by a hash of the raw files' paths, sizes and modification times and of the spacing, so a
+later run (a resume, another stage, a second process) reuses it instead of reading the images
+again; a damaged one is prepared again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from sctconv.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays, PreparedCase, fingerprint,
-                          read_index, save_prepared_case, write_dataset_index)
+from sctconv.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays,
+                          PreparedCase, fingerprint, read_index, save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
@@ -88,9 +90,11 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = json.dumps([PREPARED_VERSION, stamps, modality, list(spacing)], sort_keys=True)
     path = folder / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
+    try:
         with np.load(path) as data:
             return PreparedCase(case.name, case.region, path, "labels" in data.files, case)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass  # not prepared yet, or a damaged file: (re)prepare it
     image, ct, mask = load_case_hu(case, modality)
     measurement = measure(case, modality, image, ct, mask)
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
@@ -98,8 +102,8 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))[box]
     x = None
     if modality != "ct":
-        x = sitk.GetArrayFromImage(to_model_grid(image, spacing, default=float(sitk.GetArrayViewFromImage(image).min())))
-        x = x[box]
+        air = float(sitk.GetArrayViewFromImage(image).min())
+        x = sitk.GetArrayFromImage(to_model_grid(image, spacing, default=air))[box]
     labels = None
     if case.labels is not None:
         try:

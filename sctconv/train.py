@@ -157,28 +157,25 @@ def split_cases(names: list[str], fraction: float, seed: int, fold: int | None =
     return [n for n in names if n not in val], val
 
 
-def find_cases(folder: Path, config: TrainConfig) -> list[Case] | list[PreparedCase]:
-    """The cases under ``folder`` of the configured regions: raw case folders, or a prepared dataset."""
-    if is_prepared(folder):
-        task, _, cases = open_prepared(folder)
-        if config.stage != "teacher" and task != config.modality:
-            raise SctconvError(f"{folder} was prepared for --task {task}, not {config.modality}")
-        return select_regions(cases, config.regions)
-    return select_regions(discover_cases(folder, config.modality), config.regions)
+def find_cases(folder: Path, config: TrainConfig,
+               spacing: tuple[float, float, float]) -> list[Case] | list[PreparedCase]:
+    """The cases under ``folder`` of the configured regions: raw case folders, or a prepared dataset
+    (checked to be of the task and at the model's ``spacing``)."""
+    if not is_prepared(folder):
+        return select_regions(discover_cases(folder, config.modality), config.regions)
+    task, prepared_spacing, cases = open_prepared(folder)
+    if config.stage != "teacher" and task != config.modality:
+        raise SctconvError(f"{folder} was prepared for --task {task}, not {config.modality}")
+    if not np.allclose(prepared_spacing, spacing):
+        raise SctconvError(f"{folder} was prepared at {prepared_spacing} mm, but this model works at "
+                           f"{spacing} mm; prepare it again with the same --preset or --plan")
+    return select_regions(cases, config.regions)
 
 
 def prepare_cases(cases: list[Case] | list[PreparedCase], config: TrainConfig, spacing: tuple[float, float, float],
                   folder: Path, console: Console, index: bool) -> list[PreparedCase]:
-    """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones
-    checked against ``spacing``."""
-    if not cases:
-        return []
-    if isinstance(cases[0], PreparedCase):
-        dataset = cases[0].path.parent
-        _, prepared_spacing, _ = open_prepared(dataset)
-        if not np.allclose(prepared_spacing, spacing):
-            raise SctconvError(f"{dataset} was prepared at {prepared_spacing} mm, but this model works at "
-                               f"{spacing} mm; prepare it again with the same --preset or --plan")
+    """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones as they are."""
+    if not cases or isinstance(cases[0], PreparedCase):
         return list(cases)
     from sctconv.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
 
@@ -375,12 +372,12 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
 
     # Data: find the cases, read raw ones once into the cache (a prepared dataset of --data's cases, in
     # their order, so that it splits as they do), split them, normalize.
-    data_cases = find_cases(config.data, config)
-    val_data_cases = find_cases(config.val_data, config) if config.val_data else []
-    held_out, split = choose_validation(config, [c.name for c in data_cases])
     setup = network_setup(config.preset, config.plan, None if config.stage == "teacher" else config.modality)
     init = load_model(config.init) if config.init else None
     spacing = init.card.spacing if init else setup["spacing"]
+    data_cases = find_cases(config.data, config, spacing)
+    val_data_cases = find_cases(config.val_data, config, spacing) if config.val_data else []
+    held_out, split = choose_validation(config, [c.name for c in data_cases])
     checkpoint_path = config.out / "checkpoint_latest.pt"
     identity = run_identity(config.stage, init.card.architecture if init else setup["architecture"], spacing,
                             init.card.patch_size if init else setup["patch_size"],

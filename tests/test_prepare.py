@@ -63,6 +63,12 @@ def test_a_case_is_read_once_onto_the_model_grid_and_cropped_to_the_body(cbct_ca
     monkeypatch.setattr(prepare, "load_case_hu", no_reading)
     again = prepare.prepare_dataset(cases, "cbct", SPACING, tmp_path / "prep", QUIET)
     assert [c.path for c in again] == [c.path for c in prepared]
+    # A damaged case file in the cache is prepared again.
+    monkeypatch.undo()
+    expected = prepared[0].load().ct
+    prepared[0].path.write_bytes(b"truncated")
+    prepare.prepare_dataset(cases, "cbct", SPACING, tmp_path / "prep", QUIET)
+    np.testing.assert_array_equal(prepared[0].load().ct, expected)
 
 
 def test_the_body_box_keeps_a_margin_within_the_volume():
