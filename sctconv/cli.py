@@ -11,6 +11,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -140,8 +141,17 @@ def convert(
     console.print(f"[green]sCT written to {output}[/] ({report['model']['name']}, {report['inference']['backend']} on "
                   f"{report['inference']['device']}, {report['timings_s']['total']:.1f} s; body HU median "
                   f"{hu['median']:.0f}, {100 * hu['fraction_above_300_hu']:.1f}% above 300 HU)")
+    region_record = report["region"]
+    if region_record["value"]:
+        how = region_record["source"] if region_record["source"] != "option" else "--region"
+        evidence = region_record.get("evidence")
+        if region_record["source"] == "detected" and evidence:
+            how += f", {evidence['confidence']} confidence: {evidence['rule']}"
+        console.print(f"region: {region_record['value']} ({escape(how)})", highlight=False)
     for note in report["notes"]:
         console.print(f"note: {note}")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @app.command()

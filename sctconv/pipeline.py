@@ -31,6 +31,7 @@ from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, chec
 from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
 from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
+from sctconv.region import detect_region
 
 BACKENDS = ("torch", "onnx")
 
@@ -170,6 +171,73 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+SECONDARY_REGION_MM = 150.0
+"""A region that is not the detected one but fills this much of the body's length is warned about too."""
+
+
+def check_model(card: ModelCard, modality: str, modality_source: str) -> None:
+    """A synthesis model for the input's modality, or an error."""
+    if card.task != "synthesis":
+        raise SctconvError(f"model {card.name} is a {card.task} model, not a synthesis model")
+    if card.modality != modality:
+        raise SctconvError(f"model {card.name} converts {card.modality} images, but the input is "
+                           f"{modality} ({modality_source})")
+
+
+def choose_region(asked: str | None, image: sitk.Image, mask: sitk.Image, modality: str) -> dict:
+    """The report's record of the body region: ``value``, ``source`` ("option" or "detected") and the
+    detection's ``evidence``. The region is detected even when ``--region`` gives it, to cross-check."""
+    if not sitk.GetArrayViewFromImage(mask).any():  # an empty --mask: nothing to measure
+        return {"value": asked, "source": "option" if asked else "unknown", "evidence": None}
+    detected, evidence = detect_region(image, mask, modality)
+    if asked:
+        return {"value": asked, "source": "option", "detected": detected, "evidence": evidence}
+    return {"value": detected, "source": "detected", "evidence": evidence}
+
+
+def shipped_model(modality: str, region: dict) -> Path:
+    """The shipped model for ``modality`` and the region; for a detected region that no shipped model
+    covers, the first for the modality (the coverage check then warns)."""
+    try:
+        return resolve_model(None, modality, region["value"])
+    except SctconvError:
+        if region["source"] == "option":
+            raise
+        return resolve_model(None, modality, None)
+
+
+def coverage_warnings(card: ModelCard, region: dict, modality_source: str,
+                      image: sitk.Image) -> tuple[list[str], list[str]]:
+    """(warnings, notes) on whether the model's card covers the input's region and modality."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    value, evidence = region["value"], region.get("evidence") or {}
+    detected = region["source"] == "detected"
+    trained = ", ".join(card.regions) or "no region"
+    if value and value not in card.regions:
+        warnings.append(f"model {card.name} was trained on {trained}, not on {value} "
+                        f"({'detected' if detected else '--region'}); its sCT there is untested")
+    if detected and evidence.get("confidence") == "low":
+        warnings.append(f"the body region could not be measured ({evidence['rule']}); pass --region to say "
+                        "which it is")
+    if detected:
+        lengths = evidence.get("lengths_mm", {})
+        others = [f"{lengths[key]:.0f} mm of {name}" for key, name in (("thorax", "thorax"), ("abdomen", "abdomen"))
+                  if name != value and name not in card.regions and lengths.get(key, 0.0) >= SECONDARY_REGION_MM]
+        if others:
+            warnings.append(f"the field of view also holds {' and '.join(others)}, which model {card.name} was "
+                            "not trained on")
+    elif region.get("detected") and region["detected"] != value and evidence.get("confidence") == "high":
+        notes.append(f"--region {value}, but the volume looks like {region['detected']} ({evidence['rule']})")
+    if modality_source.startswith("model "):  # nothing said what the input is: the model's modality was assumed
+        looks = guess_modality(image)
+        if looks != card.modality:
+            warnings.append(f"the input's intensities look like {looks} ({'HU' if looks == 'cbct' else 'not HU'}), "
+                            f"but model {card.name} converts {card.modality} images; pass --modality to say "
+                            "which it is")
+    return warnings, notes
+
+
 def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
             progress: Progress | None = None) -> dict:
     """Convert one MR or CBCT into an sCT folder; returns the run report (also written as report.json).
@@ -198,14 +266,8 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     region = canonical_region(options.region) if options.region else None
     model = load_model(resolve_model(options.model, "", None)) if options.model else None
     modality, modality_source = choose_modality(volume, options.modality, model.card if model else None)
-    model = model or load_model(resolve_model(None, modality, region))
-    if model.card.task != "synthesis":
-        raise SctconvError(f"model {model.card.name} is a {model.card.task} model, not a synthesis model")
-    if model.card.modality != modality:
-        raise SctconvError(f"model {model.card.name} converts {model.card.modality} images, but the input is "
-                           f"{modality} ({modality_source})")
-    if region and region not in model.card.regions:
-        notes.append(f"model {model.card.name} was trained on {', '.join(model.card.regions)}, not {region}")
+    if model:
+        check_model(model.card, modality, modality_source)
     lap("read")
 
     if options.mask:
@@ -217,6 +279,14 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
         if not sitk.GetArrayViewFromImage(mask).any():
             raise SctconvError("no body found in the input (automatic mask is empty); pass --mask")
     lap("mask")
+
+    region_record = choose_region(region, volume.image, mask, modality)
+    lap("region")
+    if model is None:
+        model = load_model(shipped_model(modality, region_record))
+        check_model(model.card, modality, modality_source)
+    warnings, region_notes = coverage_warnings(model.card, region_record, modality_source, volume.image)
+    notes += region_notes
 
     device = resolve_device(options.device)
     with atomic_output_dir(out_dir, options.overwrite, inputs) as staging:
@@ -257,7 +327,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
                       **describe_geometry(volume.image)},
             "model": {"name": model.card.name, "folder": str(model.folder), "version": model.card.version,
                       "regions": model.card.regions, "weights_sha256": sha256(model.folder / WEIGHTS_NAME)},
-            "region": region,
+            "region": region_record,
             "mask": mask_source,
             "inference": {"backend": backend.name, "device": backend.device, "step": options.step,
                           "blend": options.blend, "batch_size": options.batch_size,
@@ -266,6 +336,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
             "hu_in_body": hu_statistics(sct, mask),
             "outputs": outputs + ["report.json"],
             "notes": notes,
+            "warnings": warnings,
             "versions": versions(),
         }
         report["timings_s"]["total"] = round(sum(timings.values()), 3)

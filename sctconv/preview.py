@@ -1,22 +1,55 @@
-"""The preview of a conversion: source, sCT and body mask in three planes, as a PNG."""
+"""The preview of a conversion: source and sCT in three planes, with the body outline, as a PNG.
+
+One row for the input and three for the sCT in the CT windows a physicist judges it in: soft tissue
+(W400/L40), lung (W1500/L-600) and bone (W1800/L400), each row with its colour bar. Drawn with
+matplotlib's object API (no pyplot, no backend switch), so importing this module changes nothing global.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import SimpleITK as sitk
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+WINDOWS: tuple[tuple[str, float, float], ...] = (("soft tissue", 400.0, 40.0), ("lung", 1500.0, -600.0),
+                                                   ("bone", 1800.0, 400.0))
+"""The sCT rows: (name, window width, window level) in HU."""
+PLANES = ("axial", "coronal", "sagittal")
 
 
-def _planes(image: sitk.Image) -> list[np.ndarray]:
-    """Middle axial, coronal and sagittal slices (LPS orientation), displayed with the right aspect."""
-    oriented = sitk.DICOMOrient(image, "LPS")
-    array = sitk.GetArrayFromImage(oriented)
-    z, y, x = (s // 2 for s in array.shape)
+def _volumes(*images: sitk.Image) -> list[np.ndarray]:
+    """The images as (z, y, x) arrays in LPS orientation (z inferior -> superior)."""
+    return [sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")) for image in images]
+
+
+def _body_box(mask: np.ndarray, spacing_zyx: np.ndarray, margin_mm: float = 15.0) -> tuple[slice, ...]:
+    """The body's bounding box with a margin (the whole volume where the mask is empty), so that a
+    neck in a wide field of view is not drawn as a speck."""
+    if not mask.any():
+        return tuple(slice(None) for _ in mask.shape)
+    box = []
+    for axis, size in enumerate(mask.shape):
+        index = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        margin = int(np.ceil(margin_mm / spacing_zyx[axis]))
+        box.append(slice(max(0, index[0] - margin), min(size, index[-1] + 1 + margin)))
+    return tuple(box)
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """The slices through the body: the middle of its extent along z, its centroid in y and x
+    (the volume's middle where the mask is empty)."""
+    if not mask.any():
+        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+    z = np.nonzero(mask.any(axis=(1, 2)))[0]
+    _, y, x = np.nonzero(mask)
+    return int((z[0] + z[-1]) // 2), int(round(y.mean())), int(round(x.mean()))
+
+
+def _planes(array: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+    """Axial (patient right on the left, anterior up), coronal and sagittal (superior up) slices."""
+    z, y, x = centre
     return [array[z], np.flipud(array[:, y, :]), np.flipud(array[:, :, x])]
 
 
@@ -26,22 +59,44 @@ def _aspects(image: sitk.Image) -> list[float]:
 
 
 def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Path, title: str) -> None:
-    """PNG with the input (top) and the sCT (bottom, -1024..1500 HU), body outline in red."""
-    rows = [("input", _planes(source), None), ("sCT (HU)", _planes(sct), (-1024, 1500))]
-    masks = _planes(mask)
+    """PNG with the input (top row) and the sCT in the soft-tissue, lung and bone windows (rows below),
+    each in the axial, coronal and sagittal planes through the body, the body outline in red."""
+    source_array, sct_array, mask_array = _volumes(source, sct, mask)
+    box = _body_box(mask_array > 0, np.array(sitk.DICOMOrient(source, "LPS").GetSpacing()[::-1]))
+    source_array, sct_array, mask_array = source_array[box], sct_array[box], mask_array[box]
+    centre = _centre(mask_array > 0)
+    masks = _planes(mask_array > 0, centre)
     aspects = _aspects(source)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 7.5))
-    for r, (label, planes, window) in enumerate(rows):
+    inputs = _planes(source_array, centre)
+    low, high = np.percentile(np.concatenate([p.ravel() for p in inputs]), [0.5, 99.5])
+    rows = [("input", inputs, (float(low), float(high) if high > low else float(low) + 1.0), "value")]
+    sct_planes = _planes(sct_array, centre)
+    rows += [(f"sCT {name}\nW{width:.0f} L{level:.0f}", sct_planes, (level - width / 2, level + width / 2), "HU")
+             for name, width, level in WINDOWS]
+
+    # Column widths follow the planes' physical aspect, so that each image fills its cell.
+    shapes = [p.shape for p in inputs]
+    ratios = [float(np.clip(s[1] / (s[0] * a), 0.4, 2.5)) for s, a in zip(shapes, aspects)]
+    row_inches = min(2.9, 13.0 / (1.07 * sum(ratios)))  # at most about 15 inches wide
+    fig = Figure(figsize=(1.07 * row_inches * sum(ratios) + 1.6, row_inches * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), 3, gridspec_kw={"width_ratios": ratios})
+    for r, (label, planes, window, unit) in enumerate(rows):
         for c, plane in enumerate(planes):
             ax = axes[r, c]
-            if window is None:
-                window = tuple(np.percentile(planes[0], [0.5, 99.5]))
-            ax.imshow(plane, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspects[c],
-                      interpolation="nearest")
-            ax.contour(masks[c], levels=[0.5], colors="red", linewidths=0.6)
-            ax.set_axis_off()
-            ax.set_title(f"{label} - {('axial', 'coronal', 'sagittal')[c]}", fontsize=9)
+            shown = ax.imshow(plane, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspects[c],
+                              interpolation="nearest")
+            if masks[c].any() and not masks[c].all():
+                ax.contour(masks[c], levels=[0.5], colors="red", linewidths=0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if r == 0:
+                ax.set_title(PLANES[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+        bar = fig.colorbar(shown, ax=axes[r, :], fraction=0.025, aspect=12, pad=0.01)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(unit, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=80)
