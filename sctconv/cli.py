@@ -189,7 +189,7 @@ def models(
     for _, card in found:
         metrics = card.metrics
         if "mae_hu" in metrics:
-            baselines = f"constant soft tissue {metrics['constant_soft_tissue_mae_hu']:.1f}"
+            baselines = f"constant water {metrics['constant_water_mae_hu']:.1f}"
             if "input_cbct_mae_hu" in metrics:
                 baselines += f", uncorrected CBCT {metrics['input_cbct_mae_hu']:.1f}"
             score = (f"MAE {metrics['mae_hu']:.1f} HU ({baselines}), PSNR {metrics['psnr_db']:.1f} dB, "
@@ -360,11 +360,14 @@ def train_command(
     region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several. Cases in HN/TH/AB "
                                                    "folders of other regions are left out.")] = ["thorax"],
     stage: Annotated[str, typer.Option(help="l1 (stage 1) or afp (stage 2: fine-tune --init with --teacher).")] = "l1",
-    init: Annotated[Optional[Path], typer.Option(help="afp: the stage-1 model folder to fine-tune.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="afp: the stage-1 model folder to fine-tune; l1: a model "
+                                                     "folder to continue training (its network and "
+                                                     "normalization).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="afp: the CT segmentation model folder.")] = None,
     afp_l1_weight: Annotated[float, typer.Option(help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="small (CPU, the default) or paper (~122 M parameters).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="small (the default), cpu (11 M, 2 mm; the shipped models) or "
+                                                       "paper (~122 M parameters).")] = None,
     plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
     val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
     fold: Annotated[Optional[int], typer.Option(help="Validate on fold K (0..folds-1) of a fixed split of --data "
@@ -381,6 +384,10 @@ def train_command(
     cache: Annotated[Optional[Path], typer.Option(help="Where raw cases are prepared (default: <output>/cache; "
                                                        "a prepared dataset that --data can name later).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Export model.onnx at the end.")] = True,
+    simulate_input: Annotated[bool, typer.Option(help="MR: --data holds CTs (<case>/ct.*); each case's MR is made "
+                                                      "by the domain-randomised simulator, anew during training.")] = False,
+    bf16: Annotated[bool, typer.Option(help="CPU: bf16 autocast (2-3x faster where the CPU has AMX or "
+                                            "AVX512-BF16; see benchmarks/RESULTS.md).")] = False,
 ) -> None:
     """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper.
 
@@ -397,7 +404,7 @@ def train_command(
                   stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
                   val_data=val_data, fold=fold, folds=folds, epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
-                  seed=seed, device=device, cache=cache, onnx=onnx)
+                  seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16)
 
 
 @app.command("train-teacher")

@@ -31,7 +31,8 @@ import numpy as np
 from sctconv.errors import SctconvError
 from sctconv.files import find_image
 from sctconv.model import REGION_ALIASES, ModelCard
-from sctconv.normalize import normalize
+from sctconv.normalize import HU_MIN, normalize
+from sctconv.synth_mr import simulate_mr_array
 from sctconv.teacher import GROUPS, tissue_labels
 
 PREPARED_FORMAT = "sctconv-prepared"
@@ -294,6 +295,19 @@ def case_arrays(case: PreparedCase, card: ModelCard) -> CaseArrays:
         x = normalize(arrays.input, arrays.mask, card.input_normalization)
         y = normalize(arrays.ct, arrays.mask, card.target_normalization)
     return CaseArrays(case.name, x.astype(np.float32), y, arrays.mask)
+
+
+def simulated_case_arrays(name: str, arrays: PreparedArrays, card: ModelCard,
+                          rng: np.random.Generator) -> CaseArrays:
+    """A CT-only case with a new domain-randomised MR as its input (:mod:`sctconv.synth_mr`), both
+    normalized as inference does; the CT outside the body becomes air, as an MR shows nothing there
+    (no couch or headrest to invent)."""
+    body = arrays.mask > 0
+    mr = simulate_mr_array(arrays.ct, body, np.asarray(card.spacing), rng, arrays.labels)
+    ct = np.where(body, arrays.ct, np.float32(HU_MIN))
+    x = normalize(mr, arrays.mask, card.input_normalization)
+    y = normalize(ct, arrays.mask, card.target_normalization)
+    return CaseArrays(name, x.astype(np.float32), y, arrays.mask)
 
 
 def sample_patch(case: CaseArrays, patch: tuple[int, int, int], rng: np.random.Generator,

@@ -152,6 +152,18 @@ def ms_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
     return float(result)
 
 
+BONE_HU = 250.0
+"""Bone for :func:`bone_dice`: above this value in the CT and in the sCT."""
+
+
+def bone_dice(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    """Dice of bone (above :data:`BONE_HU`) in the CT and in the sCT, inside ``mask`` (1.0 when neither has any)."""
+    inside = _check(gt, pred, mask)
+    truth, found = (gt > BONE_HU) & inside, (pred > BONE_HU) & inside
+    total = int(truth.sum()) + int(found.sum())
+    return 2.0 * float((truth & found).sum()) / total if total else 1.0
+
+
 def image_metrics(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """All three challenge image metrics: ``{"mae": ..., "psnr": ..., "ms_ssim": ...}``."""
     return {

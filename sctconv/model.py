@@ -157,10 +157,13 @@ def load_model(folder: Path) -> Model:
     return Model(card=card, network=network, folder=folder)
 
 
-def save_model(folder: Path, card: ModelCard, network: torch.nn.Module) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``folder``."""
+def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bool = False) -> None:
+    """Write ``model.safetensors`` and ``model.json`` into ``folder``; with ``half``, floating-point
+    weights are stored as float16 (half the size, for shipped models; loading casts them back)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"name": card.name, "format": "sctconv"})
     (folder / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 

@@ -31,6 +31,7 @@ class Architecture:
     decoder_blocks: tuple[int, ...] = (2, 2, 2, 2, 2)
     in_channels: int = 1
     out_channels: int = 1
+    residual_output: bool = False  # the output is the input plus what the network computes (CBCT correction)
 
     def __post_init__(self) -> None:
         stages = len(self.features)
@@ -40,6 +41,8 @@ class Architecture:
             raise ValueError("features, strides, kernel_sizes and encoder_blocks need one entry per stage")
         if len(self.decoder_blocks) != stages - 1:
             raise ValueError("decoder_blocks needs one entry per stage but the deepest")
+        if self.residual_output and self.in_channels != self.out_channels:
+            raise ValueError("a residual output needs as many output as input channels")
 
     @property
     def divisor(self) -> tuple[int, int, int]:
@@ -63,6 +66,7 @@ class Architecture:
             decoder_blocks=tuple(data["decoder_blocks"]),
             in_channels=data.get("in_channels", 1),
             out_channels=data.get("out_channels", 1),
+            residual_output=bool(data.get("residual_output", False)),
         )
 
 
@@ -126,7 +130,8 @@ class UpsampleConv(nn.Module):
 class UNet(nn.Module):
     """Residual (nnResU-Net) or plain 3D U-Net with one output channel.
 
-    ``forward(x)`` returns the output; ``features(x)`` returns the encoder skips and decoder
+    ``forward(x)`` returns the output (with ``residual_output``, the input plus the head's output, so
+    that the network learns the difference between input and target); ``features(x)`` returns the encoder skips and decoder
     stage outputs (for the AFP loss's frozen teacher) followed by the output.
     """
 
@@ -148,6 +153,7 @@ class UNet(nn.Module):
         self.head = nn.Conv3d(f[0], arch.out_channels, 1, bias=True)
 
     def _run(self, x: torch.Tensor, collect: list[torch.Tensor] | None) -> torch.Tensor:
+        source = x
         x = self.stem(x)
         skips = []
         for stage in self.encoder:
@@ -159,7 +165,8 @@ class UNet(nn.Module):
             x = stage(torch.cat([up(x, skip.shape[2:]), skip], dim=1))
             if collect is not None:
                 collect.append(x)
-        return self.head(x)
+        out = self.head(x)
+        return out + source if self.arch.residual_output else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)

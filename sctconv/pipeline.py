@@ -93,8 +93,15 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
     y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress)[0]
-    hu = image_like(denormalize_ct(y, card.target_normalization), grid)
-    sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
+    if card.architecture.residual_output:
+        # The network's output is its input plus a correction: the correction (HU) is brought to the
+        # input's own grid and added there, so detail finer than the model grid is kept.
+        correction = image_like((y - x) * np.float32(card.target_normalization.std or 1.0), grid)
+        source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
+        sct = source + sitk.GetArrayFromImage(to_input_grid(correction, image, 0.0))
+    else:
+        hu = image_like(denormalize_ct(y, card.target_normalization), grid)
+        sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
     sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
     return image_like(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32), image)
 

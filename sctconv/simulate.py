@@ -22,6 +22,7 @@ from sctconv.normalize import HU_MAX, HU_MIN
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
 from sctconv.preprocess import image_like
+from sctconv.synth_mr import simulate_mr_array, smooth_noise
 
 PHANTOM_LABELS: dict[str, int] = {
     "background": 0,
@@ -39,16 +40,6 @@ PHANTOM_LABELS: dict[str, int] = {
 OUTSIDE_FOV_HU = -1000.0
 """The value of a simulated CBCT outside its cylindrical field of view."""
 
-# HU knots of the MR contrast curve of solid tissue: air, lung, fat, soft tissue (muscle), parenchymal
-# organs, dense soft tissue, trabecular bone (marrow), cortical bone, dense cortex, metal. Fluid (water
-# HU where the HU is flat) has its own intensity, see ``_mr_signal``.
-_MR_KNOTS_HU = np.array(
-    [-1000.0, -750.0, -150.0, -60.0, 35.0, 65.0, 130.0, 250.0, 420.0, 750.0, 1500.0, 2500.0]
-)
-_FLUID_HU = 7.0  # water-like HU: fluid within _FLUID_HALF_WIDTH_HU of it (fading over 10 HU more)
-_FLUID_HALF_WIDTH_HU = 15.0
-_MUSCLE_KNOT = 4  # index of muscle in _MR_KNOTS_HU: the reference for the noise level
-
 
 def _as_float_array(image: sitk.Image) -> np.ndarray:
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
@@ -56,118 +47,24 @@ def _as_float_array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
-def _mr_contrast(rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Relative MR intensity at each of ``_MR_KNOTS_HU`` and of fluid, for a random T1 or T2 weighting."""
-    u = rng.uniform
-    lung = u(0.02, 0.06)
-    cortical = u(0.02, 0.08)
-    if rng.random() < 0.5:  # T1: fat and marrow bright, fluid dark
-        fat, fluid, muscle, organ = u(0.85, 1.0), u(0.08, 0.2), u(0.3, 0.42), u(0.4, 0.55)
-        marrow = u(0.5, 0.75)
-    else:  # T2: fluid brightest, fat fairly bright, muscle dark
-        fat, fluid, muscle, organ = u(0.55, 0.8), u(0.9, 1.0), u(0.15, 0.25), u(0.25, 0.45)
-        marrow = u(0.3, 0.5)
-    dense = 0.5 * (muscle + organ)
-    curve = np.array(
-        [0.0, lung, fat, fat, muscle, organ, dense, marrow, marrow, cortical, 0.5 * cortical, 0.0]
-    )
-    return curve, fluid
-
-
-def _mr_signal(hu: np.ndarray, contrast: np.ndarray, fluid: float) -> np.ndarray:
-    """Relative MR signal of a HU volume, with partial volume at sharp edges.
-
-    The contrast curve is not monotone (fat and marrow lie between air, soft tissue and cortex), so
-    an edge voxel is not read off the curve: where the 3x3x3 neighbourhood spans more than 500 HU,
-    the voxel is a mix of its darkest and brightest neighbours and its signal the same mix of theirs.
-    This keeps air/tissue and tissue/cortex edges free of bright fat- or marrow-like rims. Likewise
-    fluid intensity goes only to water-HU regions where HU is flat, not to the thin shell of
-    water-like HU at every fat/muscle interface.
-    """
-    hu = ndimage.gaussian_filter(hu, 0.5)  # keeps CT noise from being amplified by steep parts of the curve
-    signal = np.interp(hu, _MR_KNOTS_HU, contrast).astype(np.float32)
-    low = ndimage.minimum_filter(hu, 3)
-    high = ndimage.maximum_filter(hu, 3)
-    edge = (high - low) > 500.0
-    low, high, value = low[edge], high[edge], hu[edge]
-    fraction = (value - low) / (high - low)
-    signal[edge] = fraction * np.interp(high, _MR_KNOTS_HU, contrast) + (1.0 - fraction) * np.interp(
-        low, _MR_KNOTS_HU, contrast
-    )
-    calm = ndimage.gaussian_filter(hu, 1.0)  # less noisy HU to tell water from other tissue
-    in_band = np.clip((_FLUID_HALF_WIDTH_HU + 10.0 - np.abs(calm - _FLUID_HU)) / 10.0, 0.0, 1.0)
-    slope = ndimage.gaussian_gradient_magnitude(hu, 1.0)  # HU per voxel, of ``calm``
-    weight = in_band * np.clip((25.0 - slope) / 15.0, 0.0, 1.0)
-    signal += weight * (np.float32(fluid) - signal)
-    return signal
-
-
-def _unit_coordinates(shape: tuple[int, ...], spacing_zyx: np.ndarray) -> list[np.ndarray]:
-    """Broadcastable voxel coordinates per axis in mm about the centre, divided by the largest half-extent."""
-    half = 0.5 * float(max((n - 1) * s for n, s in zip(shape, spacing_zyx))) or 1.0
-    coords = []
-    for axis, (n, s) in enumerate(zip(shape, spacing_zyx)):
-        c = ((np.arange(n, dtype=np.float32) - 0.5 * (n - 1)) * s / half).astype(np.float32)
-        view = [1] * len(shape)
-        view[axis] = n
-        coords.append(c.reshape(view))
-    return coords
-
-
-def _bias_field(shape: tuple[int, ...], spacing_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative field exp(p), p a random second-order polynomial; max |field - 1| 15-30%."""
-    z, y, x = _unit_coordinates(shape, spacing_zyx)
-    c = rng.normal(size=9).astype(np.float32)
-    log_field = (c[0] * x + c[1] * y + 0.5 * c[2] * z) + (c[3] * x * x + c[4] * y * y + 0.5 * c[5] * z * z)
-    log_field = log_field + (c[6] * x * y + 0.5 * c[7] * x * z + 0.5 * c[8] * y * z)
-    peak = float(np.abs(log_field).max()) or 1.0
-    return np.exp(log_field * np.float32(np.log1p(rng.uniform(0.15, 0.3)) / peak))
-
-
-def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, factor: int) -> np.ndarray:
-    """Unit-variance low-frequency noise: white noise on a grid ``factor`` times coarser, upsampled."""
-    coarse_shape = tuple(max(2, -(-n // factor)) for n in shape)
-    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0)
-    coarse /= float(coarse.std()) or 1.0
-    return ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse_shape)], order=1, grid_mode=True,
-                        mode="nearest")
-
-
 def simulate_mr(ct: sitk.Image, rng: np.random.Generator, labels: sitk.Image | None = None) -> sitk.Image:
-    """MR-like volume (float32, arbitrary positive scale) on the grid of ``ct`` (HU).
+    """Domain-randomised MR-like volume (float32, arbitrary positive scale) on the grid of ``ct`` (HU).
 
-    Tissue intensity is a smooth function of HU with a contrast drawn per call as T1- or
-    T2-weighted (fat bright on T1, fluid bright on T2, air and cortical bone dark on both), with a
-    little intra-tissue texture, a smooth bias field and Rician noise; outside the body the signal
-    is zero plus noise. ``labels`` (integer map on the same grid) is an optional hint: every label
-    value > 0 gets its own random intensity factor and counts as body.
+    See :mod:`sctconv.synth_mr`: a new random contrast per call, with air and cortical bone dark,
+    bias field, thick slices and Rician noise; outside the body the signal is zero plus noise.
+    ``labels`` (integer map on the same grid) is an optional hint: every label value > 0 gets its
+    own random intensity factor and counts as body.
     """
     hu = _as_float_array(ct)
-    spacing_zyx = np.array(ct.GetSpacing()[::-1], dtype=np.float64)
     body = body_mask_from_array(hu, CT_BODY_THRESHOLD_HU).astype(bool)
-
-    contrast, fluid = _mr_contrast(rng)
-    signal = _mr_signal(hu, contrast, fluid)
+    label_array = None
     if labels is not None:
         if labels.GetSize() != ct.GetSize():
             raise SctconvError("the label map and the CT must have the same size")
-        label_array = np.clip(sitk.GetArrayFromImage(labels).astype(np.int64), 0, None)
-        present = np.flatnonzero(np.bincount(label_array.ravel()))
-        present = present[present > 0]
-        factors = np.ones(int(label_array.max()) + 1, dtype=np.float32)
-        factors[present] = rng.uniform(0.85, 1.15, size=present.size)
-        signal *= factors[label_array]
+        label_array = sitk.GetArrayFromImage(labels)
         body |= label_array > 0
-
-    texture = 1.0 + rng.uniform(0.02, 0.05) * _smooth_noise(hu.shape, rng, factor=3)
-    signal *= texture * _bias_field(hu.shape, spacing_zyx, rng)
-    signal[~body] = 0.0
-
-    scale = float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0))))
-    sigma = scale * float(contrast[_MUSCLE_KNOT]) / rng.uniform(12.0, 40.0)  # muscle SNR 12-40
-    real = signal * scale + sigma * rng.standard_normal(hu.shape, dtype=np.float32)
-    imaginary = sigma * rng.standard_normal(hu.shape, dtype=np.float32)
-    return image_like(np.hypot(real, imaginary).astype(np.float32), ct)
+    spacing_zyx = np.array(ct.GetSpacing()[::-1], dtype=np.float64)
+    return image_like(simulate_mr_array(hu, body, spacing_zyx, rng, label_array), ct)
 
 
 def _streaks(hu: np.ndarray, spacing_zyx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -210,36 +107,68 @@ def _streaks(hu: np.ndarray, spacing_zyx: np.ndarray, rng: np.random.Generator) 
     return streaks
 
 
+def _miscalibration(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The HU a CBCT reads for true ``hu``: a scale (x0.85-1.15) and offset (+-120 HU) with a smooth
+    nonlinearity (up to +-80 HU at air, lung, water, bone and dense bone knots), as scatter and the
+    missing CT calibration of kV CBCT give (Giacometti et al. 2020, Phys Med 76:243)."""
+    knots = np.array([-1000.0, -500.0, 0.0, 500.0, 1500.0, 3071.0])
+    deviation = rng.uniform(-80.0, 80.0, size=knots.size) * rng.uniform(0.0, 1.0)
+    read = rng.uniform(0.85, 1.15) * knots + rng.uniform(-120.0, 120.0) + deviation
+    return np.interp(hu, knots, np.sort(read)).astype(np.float32)
+
+
+def _shading(shape: tuple[int, ...], spacing_zyx: np.ndarray, r2: np.ndarray, object_r2: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """Low-frequency additive HU field of scatter: cupping toward the rotation axis (30-200 HU at the
+    centre of the object, Siewerdsen and Jaffray 2001, Med Phys 28:220) plus smooth shading (sd 10-50 HU)."""
+    cupping = rng.uniform(30.0, 200.0) * np.clip(1.0 - r2 / max(object_r2, 1e-3), 0.0, None)
+    coarse = max(4, int(round(60.0 / float(spacing_zyx[1:].mean()))))  # features of ~6 cm and more
+    shading = rng.uniform(10.0, 50.0) * smooth_noise(shape, rng, factor=coarse)
+    return shading - cupping[None]
+
+
+def _rings(shape: tuple[int, ...], radius_mm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Concentric ring artefacts about the rotation axis (detector gain errors): 0-30 HU."""
+    rings = np.zeros(shape[1:], dtype=np.float32)
+    for _ in range(int(rng.integers(0, 8))):
+        centre, width = rng.uniform(5.0, 200.0), rng.uniform(0.8, 2.5)
+        rings += rng.uniform(-30.0, 30.0) * np.exp(-0.5 * ((radius_mm - centre) / width) ** 2)
+    return rings[None]
+
+
 def simulate_cbct(ct: sitk.Image, rng: np.random.Generator, fov_radius_mm: float | None = None) -> sitk.Image:
     """CBCT-like volume (float32, approximately HU) on the grid of ``ct`` (HU).
 
-    Adds a global HU scale/shift (x0.92-1.08, +-50 HU), blur, cupping (25-80 HU at the centre),
-    streaks from dense structures, correlated noise (sd 20-40 HU) and a cylindrical field of view
-    along the slice axis (radius ``fov_radius_mm``, drawn in 125-250 mm when None, centre near the
-    image centre); outside it the value is -1000. Clipped to [-1024, 3071].
+    At magnitudes reported for kV CBCT: HU miscalibration (scale, offset, nonlinearity; see
+    :func:`_miscalibration`), blur (0.5-1.5 mm), cupping and scatter shading (:func:`_shading`),
+    streaks from bone and metal (20-100 HU), ring artefacts, correlated noise (sd 15-60 HU) and a
+    cylindrical field of view along the slice axis (radius ``fov_radius_mm``, drawn in 125-250 mm
+    as the full- and half-fan fields of clinical systems when None, centre near the image centre);
+    outside it the value is -1000. Clipped to [-1024, 3071].
     """
     hu = _as_float_array(ct)
     spacing_zyx = np.array(ct.GetSpacing()[::-1], dtype=np.float64)
     shape = hu.shape
 
-    volume = rng.uniform(0.92, 1.08) * hu + rng.uniform(-50.0, 50.0)
-    volume = ndimage.gaussian_filter(volume, rng.uniform(0.5, 1.2) / spacing_zyx, mode="nearest")
-    volume += _streaks(hu, spacing_zyx, rng)
+    volume = _miscalibration(hu, rng)
+    volume = ndimage.gaussian_filter(volume, rng.uniform(0.5, 1.5) / spacing_zyx, mode="nearest")
+    volume += _streaks(hu, spacing_zyx, rng) * np.float32(rng.uniform(1.0, 2.0))
 
     radius_mm = float(rng.uniform(125.0, 250.0)) if fov_radius_mm is None else float(fov_radius_mm)
     centre_y, centre_x = 0.5 * (np.array(shape[1:]) - 1) * spacing_zyx[1:] + rng.normal(0.0, 8.0, size=2)
     y = (np.arange(shape[1], dtype=np.float32) * float(spacing_zyx[1]) - float(centre_y))[:, None]
     x = (np.arange(shape[2], dtype=np.float32) * float(spacing_zyx[2]) - float(centre_x))[None, :]
     r2 = (y * y + x * x) / np.float32(radius_mm**2)
-    # Cupping: darkening toward the rotation axis, over the radius of the object in the FOV, and
-    # proportional to the attenuation present.
     tissue = (hu > CT_BODY_THRESHOLD_HU).any(axis=0) & (r2 <= 1.0)
     object_r2 = float(r2[tissue].max()) if tissue.any() else 1.0
-    cupping = rng.uniform(25.0, 80.0) * np.clip(1.0 - r2 / max(object_r2, 1e-3), 0.0, None)
-    volume -= cupping[None] * np.clip((volume + 1000.0) / 1000.0, 0.0, 1.5)
+    # Scatter adds to what attenuates: shading scales with the density present (none in air).
+    density = np.clip((volume + 1000.0) / 1000.0, 0.0, 1.5)
+    volume += _shading(shape, spacing_zyx, r2, object_r2, rng) * density
+    if rng.random() < 0.5:
+        volume += _rings(shape, np.sqrt(r2) * np.float32(radius_mm), rng) * density
 
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0.3, 0.7, 0.7))
-    volume += noise * np.float32(rng.uniform(20.0, 40.0) / (float(noise.std()) or 1.0))
+    volume += noise * np.float32(rng.uniform(15.0, 60.0) / (float(noise.std()) or 1.0))
 
     volume[:, r2 > 1.0] = OUTSIDE_FOV_HU
     np.clip(volume, HU_MIN, HU_MAX, out=volume)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -45,9 +46,9 @@ from torch.nn.parallel import DistributedDataParallel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sctconv.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint, is_prepared,
-                          open_prepared, sample_patch, select_regions)
+                          open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
-from sctconv.metrics import image_metrics, mae
+from sctconv.metrics import bone_dice, image_metrics, mae
 from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.plan import load_plan
@@ -64,6 +65,13 @@ PRESETS: dict[str, dict] = {
                                      kernel_sizes=((3, 3, 3),) * 4, encoder_blocks=(1, 2, 2, 2),
                                      decoder_blocks=(1, 1, 1)),
         "spacing": (3.0, 2.5, 2.5), "patch_size": (32, 64, 64), "batch_size": 2,
+    },
+    # What this project's 2-core CPU trains in hours (bf16 on AMX): 11 M parameters, 2 mm, 64 x 192 x 192 mm.
+    "cpu": {
+        "architecture": Architecture(kind="residual", features=(16, 32, 64, 128, 256),
+                                     strides=((1, 1, 1),) + ((2, 2, 2),) * 4, kernel_sizes=((3, 3, 3),) * 5,
+                                     encoder_blocks=(1, 1, 2, 2, 2), decoder_blocks=(1, 1, 1, 1)),
+        "spacing": (2.0, 2.0, 2.0), "patch_size": (32, 96, 96), "batch_size": 2,
     },
     # The paper's nnResU-Net (~122 M parameters) at SynthRAD2025's 1 x 1 x 3 mm.
     "paper": {
@@ -106,6 +114,9 @@ class TrainConfig:
     device: str = "auto"
     cache: Path | None = None
     onnx: bool = True  # synthesis models: export model.onnx beside the weights at the end
+    simulate_input: bool = False  # MR: inputs made from --data's CTs by the domain-randomised simulator
+    resimulate_every: int = 4  # with simulate_input: one training case gets a new MR every this many steps
+    bf16: bool = False  # CPU: bf16 autocast with channels-last 3D (fast on AMX / AVX512-BF16 CPUs)
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -157,29 +168,35 @@ def split_cases(names: list[str], fraction: float, seed: int, fold: int | None =
     return [n for n in names if n not in val], val
 
 
-def find_cases(folder: Path, config: TrainConfig,
-               spacing: tuple[float, float, float]) -> list[Case] | list[PreparedCase]:
-    """The cases under ``folder`` of the configured regions: raw case folders, or a prepared dataset
-    (checked to be of the task and at the model's ``spacing``)."""
+def data_task(config: TrainConfig) -> str:
+    """What --data's cases hold: an input of the modality and a CT, or a CT alone (a teacher's data,
+    or CTs whose MR the simulator makes during training)."""
+    return "ct" if config.simulate_input else config.modality
+
+
+def find_cases(folder: Path, config: TrainConfig, spacing: tuple[float, float, float],
+               task: str) -> list[Case] | list[PreparedCase]:
+    """The cases of ``task`` under ``folder`` of the configured regions: raw case folders, or a prepared
+    dataset (checked to be of the task and at the model's ``spacing``)."""
     if not is_prepared(folder):
-        return select_regions(discover_cases(folder, config.modality), config.regions)
-    task, prepared_spacing, cases = open_prepared(folder)
-    if config.stage != "teacher" and task != config.modality:
-        raise SctconvError(f"{folder} was prepared for --task {task}, not {config.modality}")
+        return select_regions(discover_cases(folder, task), config.regions)
+    prepared_task, prepared_spacing, cases = open_prepared(folder)
+    if config.stage != "teacher" and prepared_task != task:
+        raise SctconvError(f"{folder} was prepared for --task {prepared_task}, not {task}")
     if not np.allclose(prepared_spacing, spacing):
         raise SctconvError(f"{folder} was prepared at {prepared_spacing} mm, but this model works at "
                            f"{spacing} mm; prepare it again with the same --preset or --plan")
     return select_regions(cases, config.regions)
 
 
-def prepare_cases(cases: list[Case] | list[PreparedCase], config: TrainConfig, spacing: tuple[float, float, float],
+def prepare_cases(cases: list[Case] | list[PreparedCase], task: str, spacing: tuple[float, float, float],
                   folder: Path, console: Console, index: bool) -> list[PreparedCase]:
     """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones as they are."""
     if not cases or isinstance(cases[0], PreparedCase):
         return list(cases)
     from sctconv.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
 
-    return prepare_dataset(cases, config.modality, spacing, folder, console, index)
+    return prepare_dataset(cases, task, spacing, folder, console, index)
 
 
 def choose_validation(config: TrainConfig, names: list[str]) -> tuple[set[str], dict]:
@@ -318,9 +335,9 @@ def make_card(config: TrainConfig, cases: list[PreparedCase], setup: dict,
               init: Model | None) -> tuple[ModelCard, dict]:
     """The card the run trains towards (sizes, spacing, normalization) and the fingerprint of the
     training ``cases`` (without its per-case list); for afp, those of the ``init`` model."""
-    if config.stage == "afp":
-        if init is None or config.teacher is None:
-            raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
+    if config.stage == "afp" and (init is None or config.teacher is None):
+        raise SctconvError("stage afp needs --init (a stage-1 model folder) and --teacher")
+    if init is not None:  # fine-tuning (afp) or continuing (l1): the model's network and normalization
         start = init.card
         if start.modality != config.modality:
             raise SctconvError(f"--init model {start.name} converts {start.modality}, not {config.modality}")
@@ -334,10 +351,13 @@ def make_card(config: TrainConfig, cases: list[PreparedCase], setup: dict,
                          classes=classes, architecture=teacher_architecture(setup["architecture"], len(classes)),
                          spacing=setup["spacing"], patch_size=setup["patch_size"], input_normalization=ct_norm,
                          target_normalization=ct_norm, description=config.description), stats
-    input_norm = (Normalization("zscore-case") if config.modality == "mr" else
-                  Normalization("zscore-dataset", (HU_MIN, HU_MAX), stats["cbct"]["mean"], stats["cbct"]["std"]))
+    # MR: z-score per case. CBCT: a correction added to the input (the method's residual principle), so
+    # input and output share the CT's normalization and the network learns CT minus CBCT.
+    residual = config.modality == "cbct"
+    input_norm = ct_norm if residual else Normalization("zscore-case")
     return ModelCard(name=config.name, modality=config.modality, regions=config.regions,
-                     architecture=setup["architecture"], spacing=setup["spacing"], patch_size=setup["patch_size"],
+                     architecture=replace(setup["architecture"], residual_output=residual),
+                     spacing=setup["spacing"], patch_size=setup["patch_size"],
                      input_normalization=input_norm, target_normalization=ct_norm,
                      description=config.description), stats
 
@@ -346,8 +366,13 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
     """Run one training stage (in this process, or as one of torchrun's); returns the model folder."""
     if config.stage not in STAGES:
         raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
-    if config.stage != "afp" and (config.init or config.teacher):
-        raise SctconvError("--init and --teacher belong to --stage afp")
+    if config.stage != "afp" and config.teacher:
+        raise SctconvError("--teacher belongs to --stage afp")
+    if config.stage == "teacher" and config.init:
+        raise SctconvError("--init continues a synthesis model (--stage l1) or fine-tunes one (--stage afp)")
+    if config.simulate_input and (config.modality != "mr" or not config.val_data):
+        raise SctconvError("--simulate-input makes MR inputs from CTs; it needs --task mr and --val-data "
+                           "(paired cases made by sctconv simulate, for a fixed validation)")
     if config.stage == "afp" and config.plan:
         raise SctconvError("--plan does not apply to stage afp: it keeps the --init model's network")
     if config.fold is not None and config.val_data:
@@ -375,8 +400,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     setup = network_setup(config.preset, config.plan, None if config.stage == "teacher" else config.modality)
     init = load_model(config.init) if config.init else None
     spacing = init.card.spacing if init else setup["spacing"]
-    data_cases = find_cases(config.data, config, spacing)
-    val_data_cases = find_cases(config.val_data, config, spacing) if config.val_data else []
+    task = data_task(config)
+    data_cases = find_cases(config.data, config, spacing, task)
+    val_data_cases = find_cases(config.val_data, config, spacing, config.modality) if config.val_data else []
     held_out, split = choose_validation(config, [c.name for c in data_cases])
     checkpoint_path = config.out / "checkpoint_latest.pt"
     identity = run_identity(config.stage, init.card.architecture if init else setup["architecture"], spacing,
@@ -386,8 +412,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     state = load_checkpoint(checkpoint_path, identity, device)  # before any work: a foreign one is refused
     if not ranks.main:
         ranks.barrier()  # rank 0 fills the cache first; the others then read it
-    prepared = prepare_cases(data_cases, config, spacing, cache, console, index=ranks.main)
-    prepared_val = prepare_cases(val_data_cases, config, spacing, cache, console, index=False)
+    prepared = prepare_cases(data_cases, task, spacing, cache, console, index=ranks.main)
+    val_cache = cache if task == config.modality else cache.with_name(cache.name + "-validation")
+    prepared_val = prepare_cases(val_data_cases, config.modality, spacing, val_cache, console, index=False)
     if ranks.main:
         ranks.barrier()
     train_cases = [c for c in prepared if c.name not in held_out]
@@ -398,14 +425,16 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     console.print(f"stage {config.stage}: {len(train_cases)} training and {len(val_cases)} validation cases")
     card, stats = make_card(config, train_cases, setup, init)
     segmentation = card.task == "segmentation"
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + ranks.rank)
     with Progress(TextColumn("loading"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
-        arrays = [case_arrays(c, card) for c in progress.track(train_cases + val_cases)]
+        sources = [c.load() for c in progress.track(train_cases)] if config.simulate_input else []
+        arrays = [simulated_case_arrays(c.name, a, card, rng) for c, a in zip(train_cases, sources)]
+        arrays += [case_arrays(c, card) for c in progress.track(val_cases if sources else train_cases + val_cases)]
     train_arrays, val_arrays = arrays[:len(train_cases)], arrays[len(train_cases):]
 
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed + ranks.rank)
     network = (init.network if init else UNet(card.architecture)).to(device)
     if config.stage == "afp":
         teacher = load_teacher(config.teacher)
@@ -423,6 +452,10 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
     use_amp = device.startswith("cuda")
+    bf16 = config.bf16 and not use_amp
+    if bf16:  # oneDNN's fast bf16 convolutions want channels-last 3D tensors
+        network.to(memory_format=torch.channels_last_3d)
+    memory_format = torch.channels_last_3d if bf16 else torch.contiguous_format
     torch.backends.cudnn.benchmark = use_amp  # patches of one size: cuDNN may pick its fastest kernels (as nnU-Net)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, history = 0, []
@@ -460,9 +493,11 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 picks = [train_arrays[i] for i in rng.integers(len(train_arrays), size=batch_size)]
                 patches = [sample_patch(c, card.patch_size, rng, rng.random() < config.foreground_fraction)
                            for c in picks]
-                x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device)
+                x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device,
+                                                                                  memory_format=memory_format)
                 y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp), \
+                        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = loss_of(model(x), y)
                 if not torch.isfinite(loss):
                     raise SctconvError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {it + 1}; "
@@ -475,6 +510,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 scaler.update()
                 losses.append(loss.item())
                 progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+                if sources and (it + 1) % config.resimulate_every == 0:  # a new contrast for one case
+                    i = int(rng.integers(len(sources)))
+                    train_arrays[i] = simulated_case_arrays(train_cases[i].name, sources[i], card, rng)
         record = {"epoch": epoch + 1, "train_loss": ranks.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - started, 2)}
         if use_amp:  # peak GPU memory of this process: tensors, and what PyTorch's allocator held
@@ -502,10 +540,14 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     training = {"stage": config.stage, "config": config.to_dict(), "train_cases": [c.name for c in train_cases],
                 "validation_cases": [c.name for c in val_cases], "fold": config.fold, "split": split,
                 "dataset_fingerprint": stats, "epochs": config.epochs, "processes": ranks.world,
-                "parameters": count_parameters(network)}
+                "parameters": count_parameters(network), "device": device_name(device),
+                "iterations": config.epochs * config.iterations * ranks.world,
+                "wall_seconds": round(sum(r["seconds"] for r in history), 1)}
     if init is not None:
-        training.update(init_model=init.card.name, init_metrics=init.card.metrics, teacher=str(config.teacher),
-                        afp_l1_weight=config.afp_l1_weight)
+        training.update(init_model=init.card.name, init_metrics=init.card.metrics,
+                        init_training=init.card.training)
+    if config.stage == "afp":
+        training.update(teacher=str(config.teacher), afp_l1_weight=config.afp_l1_weight)
     save_model(config.out, replace(card, training=training, metrics=metrics), network)
     if config.onnx and not segmentation:
         console.print("exporting to ONNX")
@@ -516,6 +558,19 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                           "saved, export it later with sctconv export")
     console.print(f"[green]model written to {config.out}[/]")
     return config.out
+
+
+def device_name(device: str) -> str:
+    """The GPU's or the CPU's model name, for the model card and benchmarks."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def rank_rng_state(states: list[dict] | dict, ranks: Ranks) -> dict:
@@ -541,14 +596,15 @@ def teacher_metrics(network: UNet, card: ModelCard, cases: list[CaseArrays], dev
             "dice": means, "evaluated_on": "validation cases"}
 
 
-SOFT_TISSUE_HU = 40.0
-"""The constant CT that a model has to beat: soft tissue everywhere inside the body."""
+WATER_HU = 0.0
+"""The constant CT that a model has to beat: water everywhere inside the body."""
 
 
 def final_metrics(network: UNet, card: ModelCard, cases: list[PreparedCase], modality: str,
-                  device: str) -> dict[str, float | int | str]:
-    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) of the sCT inside the body, with
-    baselines: the MAE of a constant soft-tissue CT, and for CBCT the MAE of the uncorrected CBCT.
+                  device: str) -> dict[str, float | int | str | dict]:
+    """Mean MAE / PSNR / MS-SSIM (SynthRAD2025 definitions) and bone Dice of the sCT inside the body,
+    with baselines: the MAE of a constant water CT, and for CBCT the MAE of the uncorrected CBCT;
+    over all cases and per region.
 
     On each case's own grid, as `sctconv convert` makes the sCT, when the raw files are on this
     machine; else (a prepared dataset alone) on the model grid, from the prepared arrays.
@@ -561,13 +617,22 @@ def final_metrics(network: UNet, card: ModelCard, cases: list[PreparedCase], mod
                                   else model_grid_arrays(case, card, backend))
         scores = image_metrics(gt, sct, inside)
         row = {"mae_hu": scores["mae"], "psnr_db": scores["psnr"], "ms_ssim": scores["ms_ssim"],
-               "constant_soft_tissue_mae_hu": mae(gt, np.where(inside > 0, SOFT_TISSUE_HU, HU_MIN), inside)}
+               "bone_dice": bone_dice(gt, sct, inside),
+               "constant_water_mae_hu": mae(gt, np.where(inside > 0, WATER_HU, HU_MIN), inside)}
         if modality == "cbct":
             row["input_cbct_mae_hu"] = mae(gt, np.clip(image, HU_MIN, HU_MAX), inside)
-        rows.append(row)
-    means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
+        rows.append((case.region or "unknown", row))
+
+    def means(selected: list[dict]) -> dict[str, float]:
+        return {key: float(np.mean([r[key] for r in selected])) for key in selected[0]}
+
     where = "validation cases, own grids" if own_grid else "validation cases, model grid (prepared dataset)"
-    return {"cases": len(rows), **means, "evaluated_on": where if cases else "none"}
+    if not rows:
+        return {"cases": 0, "evaluated_on": "none"}
+    regions = sorted({region for region, _ in rows})
+    per_region = {region: {"cases": sum(1 for r, _ in rows if r == region),
+                           **means([row for r, row in rows if r == region])} for region in regions}
+    return {"cases": len(rows), **means([row for _, row in rows]), "per_region": per_region, "evaluated_on": where}
 
 
 def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,

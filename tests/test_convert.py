@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 
 from sctconv.errors import SctconvError
+from sctconv.network import UNet
 from sctconv.pipeline import ConvertOptions, convert, guess_modality
 
 
@@ -153,3 +156,27 @@ def test_bad_inference_settings_are_refused_before_any_work(option, value, phant
     with pytest.raises(SctconvError):
         convert(phantom_files["mr"], tmp_path / "out", options)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_residual_model_keeps_the_input_detail_on_its_own_grid(phantom_files, tmp_path):
+    """A CBCT model whose correction is zero returns its input exactly, on the input's own grid
+    (finer than the model grid), inside the body; air outside."""
+    from sctconv.model import load_model, save_model
+    from tests.conftest import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "residual", "cbct")
+    model = load_model(folder)
+    norm = model.card.target_normalization
+    card = replace(model.card, input_normalization=norm,
+                   architecture=replace(model.card.architecture, residual_output=True))
+    network = UNet(card.architecture)
+    torch.nn.init.zeros_(network.head.weight)
+    torch.nn.init.zeros_(network.head.bias)
+    save_model(folder, card, network)
+    convert(phantom_files["cbct"], tmp_path / "out", ConvertOptions(model=str(folder), dicom=False, preview=False))
+    source = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_files["cbct"])))
+    sct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "sct.nii.gz")))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "mask.nii.gz"))) > 0
+    assert mask.sum() > 1000
+    assert np.abs(sct[mask] - np.clip(np.round(source[mask]), -1024, 3071)).max() <= 1.0  # int16 rounding
+    assert (sct[~mask] == -1024).all()

@@ -31,7 +31,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 
-from sctconv.metrics import HU_RANGE, image_metrics, mae, ms_ssim, psnr
+from sctconv.metrics import HU_RANGE, bone_dice, image_metrics, mae, ms_ssim, psnr
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_ct_mr"
 # The acceptance criterion is 1e-4 relative. The two implementations agree to rounding (~1e-15),
@@ -235,3 +235,17 @@ def test_empty_mask_raises(func) -> None:
 def test_ms_ssim_needs_3d() -> None:
     with pytest.raises(ValueError, match="3D"):
         ms_ssim(np.zeros((40, 50)), np.zeros((40, 50)), np.ones((40, 50)))
+
+
+def test_bone_dice() -> None:
+    gt = np.full((4, 8, 8), 40.0)
+    gt[:, 2:4] = 900.0
+    mask = np.ones(gt.shape)
+    assert bone_dice(gt, gt, mask) == 1.0
+    half = gt.copy()
+    half[:, 3] = 40.0
+    assert bone_dice(gt, half, mask) == pytest.approx(2 * 32 / (64 + 32))
+    assert bone_dice(gt, np.zeros_like(gt), mask) == 0.0
+    assert bone_dice(np.zeros_like(gt), np.zeros_like(gt), mask) == 1.0  # no bone anywhere
+    mask[:, 2:4] = 0
+    assert bone_dice(gt, np.zeros_like(gt), mask) == 1.0  # bone outside the mask does not count

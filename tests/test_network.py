@@ -39,3 +39,9 @@ def test_architecture_round_trips_and_checks():
     with pytest.raises(ValueError):
         Architecture(features=(4, 8), strides=((1, 1, 1),), kernel_sizes=((3, 3, 3),) * 2,
                      encoder_blocks=(1, 1), decoder_blocks=(1,))
+    with pytest.raises(ValueError):
+        Architecture(residual_output=True, out_channels=2)
+    residual = Architecture(residual_output=True)
+    assert Architecture.from_dict(residual.to_dict()) == residual
+    assert not Architecture.from_dict({k: v for k, v in Architecture().to_dict().items()
+                                       if k != "residual_output"}).residual_output  # cards from before

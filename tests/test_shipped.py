@@ -63,3 +63,32 @@ def test_heldout_real_ct_beats_a_constant_soft_tissue_ct(modality, tmp_path):
     model_mae = mae(gt, sct, mask)
     constant_mae = mae(gt, np.where(mask > 0, 40.0, -1024.0), mask)
     assert model_mae < 0.8 * constant_mae, (model_mae, constant_mae)
+
+
+REAL_HEAD_MRS = ["brain1_image.nrrd", "brain2_image.nrrd"]
+"""The real T1 head MRs of ../shared/data (pyradiomics, 6.5 mm slices); no model saw them."""
+
+
+def skull_figures(sct: np.ndarray, head: np.ndarray, spacing_zyx: tuple[float, float, float]) -> tuple[float, float]:
+    """(share of the head above 250 HU, share of those voxels within 20 mm of the head surface)."""
+    from scipy import ndimage
+
+    bone = (sct > 250.0) & head
+    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return float(bone.sum() / head.sum()), float((depth[bone] <= 20.0).mean()) if bone.any() else 0.0
+
+
+@needs_models
+@pytest.mark.parametrize("name", REAL_HEAD_MRS)
+def test_real_head_mr_gets_a_skull(name, tmp_path):
+    """The sCT of a real head MR shows a skull: 4-25% of the head above 250 HU, >= 70% of it near the surface."""
+    source = shared_data("pyradiomics_mr_brain_breast", name)
+    convert(source, tmp_path / "out", ConvertOptions(dicom=False, preview=False))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["region"]["value"] == "head-neck"
+    sct_image = sitk.ReadImage(str(tmp_path / "out" / "sct.nii.gz"))
+    sct = sitk.GetArrayFromImage(sct_image).astype(np.float32)
+    head = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "mask.nii.gz"))) > 0
+    bone_share, near_surface = skull_figures(sct, head, sct_image.GetSpacing()[::-1])
+    assert 0.04 <= bone_share <= 0.25, bone_share
+    assert near_surface >= 0.7, near_surface

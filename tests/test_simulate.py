@@ -143,27 +143,29 @@ def test_mr_determinism(phantom: tuple[sitk.Image, sitk.Image]) -> None:
 
 @pytest.mark.parametrize("with_labels", [False, True])
 def test_mr_contrast(phantom: tuple[sitk.Image, sitk.Image], with_labels: bool) -> None:
+    """Domain randomisation: tissue orderings vary between samples; air and cortex are dark in all."""
     ct, labels = phantom
     hu = _array(ct)
     lab = sitk.GetArrayFromImage(labels)
-    cortical = hu > 700.0
-    air_inside = (lab == PHANTOM_LABELS["lung"]) & (hu < -700.0)
+    air_inside = ndimage.binary_erosion((lab == PHANTOM_LABELS["lung"]) & (hu < -700.0))
     soft = (lab == PHANTOM_LABELS["soft_tissue"]) & (hu > 20.0) & (hu < 70.0)
     fat = (lab == PHANTOM_LABELS["fat"]) & (hu < -60.0)
     fluid = ndimage.binary_erosion(lab == PHANTOM_LABELS["fluid"])  # the gallbladder's interior
-    fluid_over_fat = []
-    for seed in range(8):
+    fluid_over_fat, fat_over_soft = [], []
+    for seed in range(16):
         mr = _array(simulate_mr(ct, np.random.default_rng(seed), labels if with_labels else None))
         assert np.isfinite(mr).all() and mr.min() >= 0.0
-        m_soft, m_fat = np.median(mr[soft]), np.median(mr[fat])
-        assert 20.0 < m_soft < 5000.0  # a positive, MR-like intensity scale
-        assert m_fat > m_soft
-        for dark in (cortical, air_inside):
-            assert np.median(mr[dark]) < 0.6 * m_soft
-        assert np.median(mr[lab == 0]) < 0.15 * m_soft  # background: noise only
-        fluid_over_fat.append(np.median(mr[fluid]) / m_fat)
-    # Both weightings occur: fluid darker than fat (T1) and brighter than fat (T2).
+        m_soft, m_fat, m_fluid = np.median(mr[soft]), np.median(mr[fat]), np.median(mr[fluid])
+        brightest = max(m_soft, m_fat, m_fluid)
+        assert 20.0 < brightest < 10000.0  # a positive, MR-like intensity scale
+        assert np.median(mr[air_inside]) < 0.3 * brightest  # (thick cortex: tests/test_synth_mr.py)
+        assert np.median(mr[lab == 0]) < 0.15 * brightest  # background: noise only
+        fluid_over_fat.append(m_fluid / m_fat)
+        fat_over_soft.append(m_fat / m_soft)
+    # T1-like (fluid darker than fat) and T2-like (brighter) samples occur, and fat is brighter than
+    # soft tissue in some samples and darker in others (Dixon water images, random contrasts).
     assert min(fluid_over_fat) < 0.5 and max(fluid_over_fat) > 1.0
+    assert min(fat_over_soft) < 0.8 and max(fat_over_soft) > 1.5
 
 
 def test_mr_bias_field_varies_tissue_intensity(phantom: tuple[sitk.Image, sitk.Image]) -> None:
@@ -205,10 +207,10 @@ def test_mr_real_ct() -> None:
     assert _same_geometry(mr, ct)
     values = _array(mr)
     assert np.isfinite(values).all()
-    muscle = (hu > 25.0) & (hu < 70.0)
-    bone = hu > 700.0
-    assert bone.sum() > 50 and muscle.sum() > 1000
-    assert np.median(values[bone]) < 0.7 * np.median(values[muscle])
+    body = ndimage.binary_erosion(hu > -500.0, iterations=2)
+    tissue = body & (hu > -200.0) & (hu < 100.0)
+    assert tissue.sum() > 1000
+    assert np.median(values[tissue]) > 3.0 * np.median(values[hu < -900.0])  # tissue against the air around
 
 
 # --- CBCT ------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def test_cbct_hu_close_but_not_identical(phantom: tuple[sitk.Image, sitk.Image])
     body = sitk.GetArrayFromImage(labels) > 0
     for seed in range(5):
         cbct = _array(simulate_cbct(ct, np.random.default_rng(seed), fov_radius_mm=300.0))
-        assert abs(cbct[body].mean() - hu[body].mean()) < 100.0
+        assert abs(cbct[body].mean() - hu[body].mean()) < 250.0  # miscalibration and cupping, not another image
         assert np.abs(cbct[body] - hu[body]).mean() > 10.0
         noise = (cbct - hu)[body & (np.abs(hu - 45.0) < 15.0)]
         assert 10.0 < noise.std() < 80.0

@@ -22,7 +22,7 @@ from sctconv.data import discover_cases, sample_patch, select_regions, CaseArray
 from sctconv.errors import SctconvError
 from sctconv.model import load_model
 from sctconv.pipeline import ConvertOptions, convert
-from sctconv.simulate import write_simulated_case
+from sctconv.simulate import make_phantom, write_simulated_case
 from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
 from sctconv.train import poly_lr, split_cases
 from tests.conftest import shared_data, simulated_cases
@@ -226,12 +226,69 @@ def test_misused_stages_and_foreign_checkpoints_are_refused(phantom_cases, tmp_p
     l1 = tmp_path / "l1"
     sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr", "--epochs", "1",
             "--iterations", "1", "--device", "cpu")
-    init_on_l1 = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
-                         "--init", str(l1), check=False)
-    assert init_on_l1.returncode == 1 and "belong to --stage afp" in init_on_l1.stderr
+    teacher_on_l1 = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
+                            "--teacher", str(l1), check=False)
+    assert teacher_on_l1.returncode == 1 and "belongs to --stage afp" in teacher_on_l1.stderr
+    cbct_init = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "y"), "--task", "cbct",
+                        "--init", str(l1), check=False)
+    assert cbct_init.returncode == 1 and "converts mr, not cbct" in cbct_init.stderr
     into_init = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
                         str(phantom_cases), "--output", str(l1), "--task", "mr", check=False)
     assert into_init.returncode == 1 and "new folder" in into_init.stderr
     other_network = sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr",
                             "--preset", "paper", "--epochs", "1", "--iterations", "1", "--device", "cpu", check=False)
     assert other_network.returncode == 1 and "belongs to another run" in other_network.stderr
+
+
+def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
+    """--init with stage l1 continues training a model (another session, the committed weights)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    sctconv("train", "--data", str(phantom_cases), "--output", str(first), "--task", "mr", *FAST)
+    sctconv("train", "--data", str(phantom_cases), "--output", str(second), "--task", "mr", "--init", str(first), *FAST)
+    card = json.loads((second / "model.json").read_text())
+    start = json.loads((first / "model.json").read_text())
+    assert card["training"]["init_model"] == "first" and card["training"]["init_training"]["epochs"] == 2
+    assert card["input_normalization"] == start["input_normalization"]
+    assert card["target_normalization"] == start["target_normalization"]
+    before = load_file(str(first / "model.safetensors"))
+    after = load_file(str(second / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
+    """--simulate-input trains MR from CT-only folders, validated on fixed simulated pairs; bf16 on CPU."""
+    cts = tmp_path / "cts"
+    for i in range(2):
+        ct, _ = make_phantom(np.random.default_rng(10 + i), shape=(20, 64, 72), spacing=(2.5, 2.5, 3.0))
+        (cts / "TH" / f"ct{i}").mkdir(parents=True)
+        sitk.WriteImage(ct, str(cts / "TH" / f"ct{i}" / "ct.nii.gz"))
+    out = tmp_path / "model"
+    result = sctconv("train", "--data", str(cts), "--val-data", str(phantom_cases), "--output", str(out),
+                     "--task", "mr", "--simulate-input", "--bf16", *FAST)
+    assert "2 training and 3 validation cases" in result.stdout.replace("\n", " ")
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["config"]["simulate_input"] and card["training"]["config"]["bf16"]
+    assert card["training"]["train_cases"] == ["TH/ct0", "TH/ct1"]
+    assert card["training"]["device"].startswith("CPU") and card["training"]["iterations"] == 6
+    assert {"bone_dice", "constant_water_mae_hu", "per_region"} <= set(card["metrics"])
+    assert set(card["metrics"]["per_region"]) == {"unknown"}
+    no_val = sctconv("train", "--data", str(cts), "--output", str(tmp_path / "x"), "--task", "mr",
+                     "--simulate-input", check=False)
+    assert no_val.returncode == 1 and "--val-data" in no_val.stderr
+
+
+def test_cbct_model_learns_a_correction_of_its_input(tmp_path):
+    """A CBCT model is residual: input and target share the CT normalization, and the network's
+    output is its input plus a correction."""
+    root = tmp_path / "cbct"
+    simulated_cases(root, ["a", "b"], "cbct", (20, 64, 72), (2.5, 2.5, 3.0))
+    out = tmp_path / "model"
+    sctconv("train", "--data", str(root), "--val-data", str(root), "--output", str(out), "--task", "cbct",
+            "--no-onnx", *FAST)
+    model = load_model(out)
+    assert model.card.architecture.residual_output
+    assert model.card.input_normalization == model.card.target_normalization
+    torch.nn.init.zeros_(model.network.head.weight)
+    torch.nn.init.zeros_(model.network.head.bias)
+    x = torch.randn(1, 1, *model.card.patch_size)
+    assert torch.equal(model.network(x), x)

@@ -1,57 +1,47 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models from the real CTs in ../shared/data (see weights/README.md).
 # Usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]
-# Every step is an sctconv command: simulate paired cases, then train on them with held-out CTs
-# (two head-and-neck patients and the LIDC chest CT) that no model sees during training.
+# Every step is an sctconv command or weights/collect_cts.py: gather the real CTs in HU with a fixed
+# held-out split (collect_cts.HELD_OUT: two OpenKBP and one TCGA-HNSC head-neck, the LIDC chest, the
+# cranial half of the abdominal CT), simulate fixed MR/CBCT pairs of the held-out CTs for validation,
+# then train. The MR model makes a new domain-randomised MR of each training CT during training
+# (--simulate-input); the CBCT model trains on four simulated CBCTs per training CT.
+# A run that does not fit one session resumes from WORK_DIR/models/*/checkpoint_latest.pt when started
+# again with the same arguments; to continue from the committed weights instead, add
+# --init weights/<model> to the train command (the card then records init_model and init_training).
 set -euo pipefail
 work=${1:?usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]}
-mr_epochs=${2:-24}
+mr_epochs=${2:-20}
 cbct_epochs=${3:-10}
-iterations=${4:-250}
+iterations=${4:-150}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-data=$repo/../shared/data
-sims=3
+regions=(--region head-neck --region thorax --region abdomen)
 
-train_cts=()
-for pt in pt_1 pt_106 pt_115 pt_13 pt_17 pt_2 pt_24 pt_27 pt_34 pt_4 pt_43 pt_55 pt_6; do
-    train_cts+=("openkbp_$pt:$data/openkbp_hn_ct/$pt/ct.nii.gz")
+python "$repo/weights/collect_cts.py" "$repo/../shared/data" "$work/cts"
+for ct in "$work"/cts/heldout/*/*/ct.nii.gz; do
+    case_dir=$(dirname "$ct"); name=$(basename "$case_dir"); region=$(basename "$(dirname "$case_dir")")
+    labels=(); [ -f "$case_dir/labels.nii.gz" ] && labels=(--labels "$case_dir/labels.nii.gz")
+    [ -d "$work/mr/heldout/$region/$name" ] || \
+        sctconv simulate "$ct" "$work/mr/heldout/$region/$name" --modality mr --seed 1000 "${labels[@]}"
+    [ -d "$work/cbct/heldout/$region/$name" ] || \
+        sctconv simulate "$ct" "$work/cbct/heldout/$region/$name" --modality cbct --seed 1000
 done
-train_cts+=("totalseg_abdomen:$data/totalsegmentator_ct_mr/example_ct.nii.gz"
-            "totalseg_aorta_crop:$data/totalsegmentator_ct_mr/ct_cropped_1.5mm_aorta_report.nii.gz"
-            "totalseg_pulmonary_crop:$data/totalsegmentator_ct_mr/ct_cropped_1.5mm_pulmonary_report.nii.gz")
-heldout_cts=("openkbp_pt_67:$data/openkbp_hn_ct/pt_67/ct.nii.gz"
-             "openkbp_pt_7:$data/openkbp_hn_ct/pt_7/ct.nii.gz"
-             "lidc_chest:$data/lidc_idri_0001_chest_ct/ct_2mm.nii.gz")
-
-for modality in mr cbct; do
-    for entry in "${train_cts[@]}"; do
-        for seed in $(seq 1 $sims); do
-            out=$work/$modality/train/${entry%%:*}_s$seed
-            [ -d "$out" ] || sctconv simulate "${entry#*:}" "$out" --modality $modality --seed $seed
-        done
-    done
-    for entry in "${heldout_cts[@]}"; do
-        out=$work/$modality/heldout/${entry%%:*}
-        [ -d "$out" ] || sctconv simulate "${entry#*:}" "$out" --modality $modality --seed 1000
+for ct in "$work"/cts/train/*/*/ct.nii.gz; do
+    case_dir=$(dirname "$ct"); name=$(basename "$case_dir"); region=$(basename "$(dirname "$case_dir")")
+    for seed in 1 2 3 4; do
+        out=$work/cbct/train/$region/${name}_s$seed
+        [ -d "$out" ] || sctconv simulate "$ct" "$out" --modality cbct --seed $seed
     done
 done
 
-for modality in mr cbct; do
-    epochs=$mr_epochs; [ $modality = cbct ] && epochs=$cbct_epochs
-    sctconv train --data "$work/$modality/train" --val-data "$work/$modality/heldout" \
-        --output "$work/models/${modality}2ct-small" --task $modality \
-        --region head-neck --region thorax --region abdomen \
-        --epochs "$epochs" --iterations "$iterations" --val-every 4 --device auto
-done
+sctconv train --data "$work/cts/train" --val-data "$work/mr/heldout" --output "$work/models/mr2ct" --task mr \
+    "${regions[@]}" --preset cpu --epochs "$mr_epochs" --iterations "$iterations" --val-every 5 \
+    --simulate-input --bf16 --device cpu
+sctconv train --data "$work/cbct/train" --val-data "$work/cbct/heldout" --output "$work/models/cbct2ct" \
+    --task cbct "${regions[@]}" --preset cpu --epochs "$cbct_epochs" --iterations "$iterations" --val-every 5 \
+    --bf16 --device cpu
 
-# The default AFP teacher: HU tissue classes of the training CTs.
-sctconv train-teacher --data "$work/mr/train" --val-data "$work/mr/heldout" --output "$work/models/ct-teacher-small" \
-    --region head-neck --region thorax --region abdomen --epochs 6 --iterations 150 --val-every 2 --device auto
-
-for name in mr2ct-small cbct2ct-small ct-teacher-small; do
+for name in mr2ct cbct2ct; do
     rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
-    cp "$work/models/$name"/{model.safetensors,model.json,curves.png} "$repo/weights/$name/"
-done
-for name in mr2ct-small cbct2ct-small; do  # training exported them
-    cp "$work/models/$name/model.onnx" "$repo/weights/$name/"
+    cp "$work/models/$name"/{model.safetensors,model.json,curves.png,model.onnx} "$repo/weights/$name/"
 done
