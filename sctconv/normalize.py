@@ -37,3 +37,8 @@ def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.nd
 def denormalize_ct(array: np.ndarray, norm: Normalization) -> np.ndarray:
     """Network output (dataset z-score of CT) back to HU, clipped to [-1024, 3071]."""
     return np.clip(array * norm.std + norm.mean, HU_MIN, HU_MAX).astype(np.float32)
+
+
+def air_value(norm: Normalization) -> float:
+    """Air (-1024 HU) in the CT's dataset z-score: the network output's value outside the body."""
+    return float((HU_MIN - norm.mean) / norm.std)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from scipy import ndimage
 import torch
 from rich.progress import Progress
 
@@ -138,16 +139,24 @@ def check_window_settings(step: float, blend: str, batch_size: int) -> None:
 
 
 def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
-                   blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
+                   blend: str = "mean", batch_size: int = 2, progress: Progress | None = None,
+                   region: np.ndarray | None = None, outside: float | np.ndarray = 0.0) -> np.ndarray:
     """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
 
     Returns (C, z, y, x) for a network with C output channels. Volumes smaller than the patch are
-    padded with their minimum (air) and cropped back.
+    padded with their minimum (air) and cropped back. With ``region`` (bool, the volume's shape; e.g.
+    :func:`window_region` of the body), only the windows that hold a voxel of it are predicted, so no
+    work goes to the air around the body; a voxel of ``region`` gets exactly the value it gets
+    without ``region``, and voxels that no predicted window covers get ``outside`` (a value, or an
+    array of the volume's shape).
     """
     check_window_settings(step, blend, batch_size)
     pad = [(0, max(0, p - s)) for p, s in zip(patch, volume.shape)]
     padded = np.pad(volume, pad, constant_values=float(volume.min())) if any(p[1] for p in pad) else volume
     starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded.shape, patch))))
+    if region is not None:
+        wanted = np.pad(region, pad) if any(p[1] for p in pad) else region
+        starts = [start for start in starts if wanted[tuple(slice(s, s + p) for s, p in zip(start, patch))].any()]
     weights = gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, dtype=np.float32)
     total: np.ndarray | None = None
     count = np.zeros(padded.shape, dtype=np.float32)
@@ -164,5 +173,17 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
             count[sl] += weights
         if progress is not None:
             progress.advance(task, len(chunk))
-    result = total / count
-    return result[(slice(None), *(slice(0, s) for s in volume.shape))]
+    if total is None:  # nothing to predict: the region is empty
+        total = np.zeros((1, *padded.shape), dtype=np.float32)
+    inside = tuple(slice(0, n) for n in volume.shape)
+    result = (total / np.maximum(count, np.float32(1e-12)))[(slice(None), *inside)]
+    covered = count[inside] > 0
+    if not covered.all():
+        result[:, ~covered] = outside if np.isscalar(outside) else np.asarray(outside)[~covered]
+    return result
+
+
+def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
+    """The voxels whose prediction is used: ``mask`` widened by ``margin`` voxels, so that resampling
+    the prediction back to the input grid near the body's edge reads predicted voxels only."""
+    return ndimage.binary_dilation(mask > 0, iterations=margin) if margin else mask > 0

@@ -52,8 +52,8 @@ from sctconv.metrics import bone_dice, image_metrics, mae
 from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.plan import load_plan
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
-from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, resolve_device, sliding_window
+from sctconv.normalize import HU_MAX, HU_MIN, air_value, denormalize_ct, normalize
+from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, resolve_device, sliding_window, window_region
 from sctconv.curves import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
@@ -225,7 +225,9 @@ def validate(network: UNet, cases: list[CaseArrays], card: ModelCard, device: st
     target = card.target_normalization
     losses, scores = [], []
     for case in cases:
-        pred = sliding_window(case.x, backend, card.patch_size, step=0.5, batch_size=2)
+        outside = case.x if card.architecture.residual_output else air_value(target)
+        pred = sliding_window(case.x, backend, card.patch_size, step=0.5, batch_size=2,
+                              region=window_region(case.mask), outside=outside)
         if card.task == "segmentation":
             scores.append(np.mean(list(dice_per_class(pred.argmax(0), case.y, len(card.classes)).values())))
             continue
@@ -521,7 +523,9 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         rng_states = ranks.gather(rng.bit_generator.state)
         if ranks.main:
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                network.to(memory_format=torch.contiguous_format)  # fp32 inference: oneDNN's fast layout
                 record.update(validate(network, val_arrays, card, device))
+                network.to(memory_format=memory_format)
             history.append(record)
             console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             save_checkpoint(checkpoint_path, identity, network, optimizer, scaler, epoch, history, rng_states)
@@ -533,6 +537,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
 
     # The model folder: weights and card, with metrics measured as `sctconv convert` would produce them.
     console.print("measuring the validation cases")
+    network.to(memory_format=torch.contiguous_format)
     network.eval()
     metrics = (teacher_metrics(network, card, val_arrays, device) if segmentation
                else final_metrics(network, card, val_cases, config.modality, device))
@@ -654,6 +659,8 @@ def model_grid_arrays(case: PreparedCase, card: ModelCard,
     blending, -1024 HU outside the body, as `sctconv convert`)."""
     arrays = case.load()
     x = normalize(arrays.input, arrays.mask, card.input_normalization)
-    sct = denormalize_ct(sliding_window(x, backend, card.patch_size)[0], card.target_normalization)
+    outside = x if card.architecture.residual_output else air_value(card.target_normalization)
+    y = sliding_window(x, backend, card.patch_size, region=window_region(arrays.mask), outside=outside)[0]
+    sct = denormalize_ct(y, card.target_normalization)
     sct[arrays.mask == 0] = HU_MIN
     return arrays.ct, sct, arrays.mask, arrays.input

@@ -6,7 +6,7 @@ import torch
 
 from sctconv.errors import SctconvError
 from sctconv.model import load_model
-from sctconv.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device,
+from sctconv.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device, window_region,
                              sliding_window, window_starts)
 
 
@@ -88,3 +88,32 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(SctconvError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+
+class WindowMean:
+    """A backend whose output depends on the whole window: the input plus the window's mean."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.windows += len(batch)
+        return batch + batch.mean(axis=(1, 2, 3, 4), keepdims=True)
+
+
+def test_windows_outside_the_region_are_skipped_and_the_region_is_unchanged():
+    volume = np.random.default_rng(1).normal(size=(24, 64, 64)).astype(np.float32)
+    body = np.zeros(volume.shape, dtype=bool)
+    body[8:16, 20:30, 20:30] = True
+    region = window_region(body)
+    assert window_region(body, margin=0).sum() == body.sum() < region.sum()
+    everywhere, in_region = WindowMean(), WindowMean()
+    full = sliding_window(volume, everywhere, (8, 16, 16), step=0.3)[0]
+    cropped = sliding_window(volume, in_region, (8, 16, 16), step=0.3, region=region, outside=-5.0)[0]
+    assert in_region.windows < everywhere.windows / 3
+    np.testing.assert_array_equal(cropped[region], full[region])  # the same windows, in the same order
+    uncovered = cropped == -5.0
+    assert uncovered.any() and not (uncovered & region).any()
+    residual = sliding_window(volume, WindowMean(), (8, 16, 16), region=region, outside=volume)[0]
+    np.testing.assert_array_equal(residual[uncovered], volume[uncovered])  # outside: the input (no correction)
