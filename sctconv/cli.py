@@ -189,7 +189,9 @@ def models(
     for _, card in found:
         metrics = card.metrics
         if "mae_hu" in metrics:
-            baselines = f"constant water {metrics['constant_water_mae_hu']:.1f}"
+            water = "constant_water_mae_hu" in metrics  # cards before 2026-12-01: a constant soft-tissue CT
+            baselines = (f"constant water {metrics['constant_water_mae_hu']:.1f}" if water else
+                         f"constant soft tissue {metrics['constant_soft_tissue_mae_hu']:.1f}")
             if "input_cbct_mae_hu" in metrics:
                 baselines += f", uncorrected CBCT {metrics['input_cbct_mae_hu']:.1f}"
             score = (f"MAE {metrics['mae_hu']:.1f} HU ({baselines}), PSNR {metrics['psnr_db']:.1f} dB, "

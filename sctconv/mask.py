@@ -82,6 +82,8 @@ def body_mask_from_array(array: np.ndarray, threshold: float, spacing: tuple[flo
         edge |= ndimage.binary_dilation(outside, _CROSS)
     radii = (int(round(DEVICE_OPENING_MM / slice_mm)), max(1, int(round(DEVICE_OPENING_MM / pixel_mm))))
     body = _select_body(foreground, outside, radii if detach_devices else None)
+    if detach_devices and not body.any():  # a body thinner than the opening everywhere: keep it whole
+        body = _select_body(foreground, outside, None)
     if not body.any():
         return np.zeros(array.shape, dtype=np.uint8)
     body = _fill_enclosed(body, outside, edge, max(1, int(round(CLOSING_MM / pixel_mm))))

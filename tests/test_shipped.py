@@ -79,6 +79,8 @@ def skull_figures(sct: np.ndarray, head: np.ndarray, spacing_zyx: tuple[float, f
 
 
 @needs_models
+@pytest.mark.xfail(strict=True, reason="issue 8 is open: the shipped MR model does not yet "
+                                       "synthesize bone; this check must start passing, then drop the mark")
 @pytest.mark.parametrize("name", REAL_HEAD_MRS)
 def test_real_head_mr_gets_a_skull(name, tmp_path):
     """The sCT of a real head MR shows a skull: 4-25% of the head above 250 HU, >= 70% of it near the surface."""
