@@ -27,8 +27,8 @@ from sctconv.mask import body_mask
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
 from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
-                             resolve_device, sliding_window, window_region)
-from sctconv.normalize import HU_MAX, HU_MIN, air_value, denormalize_ct, normalize
+                             predict_body, resolve_device)
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
 from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 from sctconv.region import detect_region
@@ -92,11 +92,8 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
-    residual = card.architecture.residual_output
-    y = sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress,
-                       region=window_region(sitk.GetArrayViewFromImage(grid_mask)),
-                       outside=x if residual else air_value(card.target_normalization))[0]
-    if residual:
+    y = predict_body(x, sitk.GetArrayViewFromImage(grid_mask), backend, card, step, blend, batch_size, progress)[0]
+    if card.architecture.residual_output:
         # The network's output is its input plus a correction: the correction (HU) is brought to the
         # input's own grid and added there, so detail finer than the model grid is kept.
         correction = image_like((y - x) * np.float32(card.target_normalization.std or 1.0), grid)

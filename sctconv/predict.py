@@ -22,7 +22,9 @@ import torch
 from rich.progress import Progress
 
 from sctconv.errors import SctconvError
+from sctconv.model import ModelCard
 from sctconv.network import UNet
+from sctconv.normalize import air_value
 
 ONNX_NAME = "model.onnx"
 """The ONNX file of a model folder."""
@@ -187,3 +189,12 @@ def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
     """The voxels whose prediction is used: ``mask`` widened by ``margin`` voxels, so that resampling
     the prediction back to the input grid near the body's edge reads predicted voxels only."""
     return ndimage.binary_dilation(mask > 0, iterations=margin) if margin else mask > 0
+
+
+def predict_body(x: np.ndarray, mask: np.ndarray, backend: Backend, card: ModelCard, step: float = 0.3,
+                 blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
+    """:func:`sliding_window` of ``card``'s network on the windows that hold the body (``mask``, widened);
+    elsewhere air, or for a residual model the input itself (no correction)."""
+    outside = x if card.architecture.residual_output else air_value(card.target_normalization)
+    return sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress,
+                          region=window_region(mask), outside=outside)

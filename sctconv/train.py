@@ -52,8 +52,8 @@ from sctconv.metrics import bone_dice, image_metrics, mae
 from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.plan import load_plan
-from sctconv.normalize import HU_MAX, HU_MIN, air_value, denormalize_ct, normalize
-from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, resolve_device, sliding_window, window_region
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
+from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
 from sctconv.curves import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
@@ -225,9 +225,7 @@ def validate(network: UNet, cases: list[CaseArrays], card: ModelCard, device: st
     target = card.target_normalization
     losses, scores = [], []
     for case in cases:
-        outside = case.x if card.architecture.residual_output else air_value(target)
-        pred = sliding_window(case.x, backend, card.patch_size, step=0.5, batch_size=2,
-                              region=window_region(case.mask), outside=outside)
+        pred = predict_body(case.x, case.mask, backend, card, step=0.5)
         if card.task == "segmentation":
             scores.append(np.mean(list(dice_per_class(pred.argmax(0), case.y, len(card.classes)).values())))
             continue
@@ -659,8 +657,6 @@ def model_grid_arrays(case: PreparedCase, card: ModelCard,
     blending, -1024 HU outside the body, as `sctconv convert`)."""
     arrays = case.load()
     x = normalize(arrays.input, arrays.mask, card.input_normalization)
-    outside = x if card.architecture.residual_output else air_value(card.target_normalization)
-    y = sliding_window(x, backend, card.patch_size, region=window_region(arrays.mask), outside=outside)[0]
-    sct = denormalize_ct(y, card.target_normalization)
+    sct = denormalize_ct(predict_body(x, arrays.mask, backend, card)[0], card.target_normalization)
     sct[arrays.mask == 0] = HU_MIN
     return arrays.ct, sct, arrays.mask, arrays.input
