@@ -39,6 +39,11 @@ def denormalize_ct(array: np.ndarray, norm: Normalization) -> np.ndarray:
     return np.clip(array * norm.std + norm.mean, HU_MIN, HU_MAX).astype(np.float32)
 
 
+def ct_value(hu: float, norm: Normalization) -> float:
+    """A CT number in the CT's dataset z-score (the network output's units)."""
+    return float((hu - norm.mean) / norm.std)
+
+
 def air_value(norm: Normalization) -> float:
     """Air (-1024 HU) in the CT's dataset z-score: the network output's value outside the body."""
-    return float((HU_MIN - norm.mean) / norm.std)
+    return ct_value(HU_MIN, norm)

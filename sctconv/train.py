@@ -48,11 +48,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sctconv.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint, is_prepared,
                           open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
-from sctconv.metrics import bone_dice, image_metrics, mae
+from sctconv.metrics import BONE_HU, bone_dice, image_metrics, mae
 from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.plan import load_plan
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
+from sctconv.normalize import HU_MAX, HU_MIN, ct_value, denormalize_ct, normalize
 from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
 from sctconv.curves import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
@@ -97,6 +97,7 @@ class TrainConfig:
     init: Path | None = None  # afp: the stage-1 model folder to fine-tune
     teacher: Path | None = None  # afp: the segmentation model folder
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
+    bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above metrics.BONE_HU
     val_data: Path | None = None
     val_fraction: float = 0.2
     fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``
@@ -368,6 +369,8 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         raise SctconvError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
     if config.stage != "afp" and config.teacher:
         raise SctconvError("--teacher belongs to --stage afp")
+    if config.bone_weight and (config.stage != "l1" or config.bone_weight < 0):
+        raise SctconvError("--bone-weight is an extra L1 weight of stage l1; it cannot be negative")
     if config.stage == "teacher" and config.init:
         raise SctconvError("--init continues a synthesis model (--stage l1) or fine-tunes one (--stage afp)")
     if config.simulate_input and (config.modality != "mr" or not config.val_data):
@@ -441,12 +444,17 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         teacher.model.network.to(device)
         afp = AFPLoss(teacher, card.target_normalization, config.afp_l1_weight)
 
+    bone_level = ct_value(BONE_HU, card.target_normalization)
+
     def loss_of(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if config.stage == "afp":
             return afp(output, target)
         if segmentation:
             labels = target[:, 0].long()
             return F.cross_entropy(output.float(), labels) + soft_dice_loss(output, labels)
+        if config.bone_weight:
+            weight = 1.0 + config.bone_weight * (target > bone_level).float()
+            return ((output.float() - target).abs() * weight).sum() / weight.sum()
         return F.l1_loss(output.float(), target)
 
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
