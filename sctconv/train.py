@@ -142,6 +142,14 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1 - dice[1:][present].mean() if present.any() else logits.sum() * 0
 
 
+def bone_weighted_l1(output: torch.Tensor, target: torch.Tensor, bone_level: float, weight: float) -> torch.Tensor:
+    """L1 where a voxel the target puts above ``bone_level`` counts ``1 + weight`` times (a weighted mean)."""
+    if not weight:
+        return F.l1_loss(output, target)
+    weights = 1.0 + weight * (target > bone_level).float()
+    return ((output - target).abs() * weights).sum() / weights.sum()
+
+
 def poly_lr(initial: float, step: int, total: int, exponent: float = 0.9) -> float:
     """nnU-Net's polynomial learning-rate decay."""
     return initial * (1 - min(step, total - 1) / total) ** exponent
@@ -452,10 +460,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         if segmentation:
             labels = target[:, 0].long()
             return F.cross_entropy(output.float(), labels) + soft_dice_loss(output, labels)
-        if config.bone_weight:
-            weight = 1.0 + config.bone_weight * (target > bone_level).float()
-            return ((output.float() - target).abs() * weight).sum() / weight.sum()
-        return F.l1_loss(output.float(), target)
+        return bone_weighted_l1(output.float(), target, bone_level, config.bone_weight)
 
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)

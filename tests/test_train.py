@@ -24,7 +24,7 @@ from sctconv.model import load_model
 from sctconv.pipeline import ConvertOptions, convert
 from sctconv.simulate import make_phantom, write_simulated_case
 from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
-from sctconv.train import poly_lr, split_cases
+from sctconv.train import bone_weighted_l1, poly_lr, split_cases
 from tests.conftest import shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
@@ -65,6 +65,14 @@ def test_poly_lr_and_split():
     assert split_cases([f"c{i}" for i in range(10)], 0.2, seed=3) == (train, val)
     with pytest.raises(SctconvError):
         split_cases(["only"], 0.2, 0)
+
+
+def test_bone_weighted_l1_counts_bone_voxels_more():
+    target = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    soft_wrong, bone_wrong = torch.tensor([1.0, 1.0, 2.0, 2.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert bone_weighted_l1(soft_wrong, target, 1.0, 0.0) == bone_weighted_l1(bone_wrong, target, 1.0, 0.0) == 0.5
+    assert bone_weighted_l1(soft_wrong, target, 1.0, 3.0).item() == pytest.approx(0.2)
+    assert bone_weighted_l1(bone_wrong, target, 1.0, 3.0).item() == pytest.approx(0.8)
 
 
 def test_folds_partition_the_cases():
@@ -229,6 +237,10 @@ def test_misused_stages_and_foreign_checkpoints_are_refused(phantom_cases, tmp_p
     teacher_on_l1 = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
                             "--teacher", str(l1), check=False)
     assert teacher_on_l1.returncode == 1 and "belongs to --stage afp" in teacher_on_l1.stderr
+    bone_on_afp = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
+                          str(phantom_cases), "--output", str(tmp_path / "y"), "--task", "mr", "--bone-weight", "2",
+                          check=False)
+    assert bone_on_afp.returncode == 1 and "--bone-weight" in bone_on_afp.stderr
     into_init = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
                         str(phantom_cases), "--output", str(l1), "--task", "mr", check=False)
     assert into_init.returncode == 1 and "new folder" in into_init.stderr
@@ -261,8 +273,9 @@ def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
         sitk.WriteImage(ct, str(cts / "TH" / f"ct{i}" / "ct.nii.gz"))
     out = tmp_path / "model"
     sctconv("train", "--data", str(cts), "--val-data", str(phantom_cases), "--output", str(out),
-            "--task", "mr", "--simulate-input", "--bf16", *FAST)
+            "--task", "mr", "--simulate-input", "--bf16", "--bone-weight", "4", *FAST)
     card = json.loads((out / "model.json").read_text())
+    assert card["training"]["config"]["bone_weight"] == 4
     assert len(card["training"]["validation_cases"]) == 3
     assert card["training"]["config"]["simulate_input"] and card["training"]["config"]["bf16"]
     assert card["training"]["train_cases"] == ["TH/ct0", "TH/ct1"]
