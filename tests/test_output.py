@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -15,6 +20,8 @@ import SimpleITK as sitk
 
 import sctconv.pipeline
 from sctconv import output
+from sctconv.data import discover_cases
+from sctconv.dicom_read import list_series
 from sctconv.errors import SctconvError
 from sctconv.output import atomic_output_dir
 from sctconv.pipeline import ConvertOptions, convert
@@ -82,6 +89,64 @@ def test_two_concurrent_converts_into_one_folder_one_wins(renameat2, phantom_fil
     assert isinstance(loser, SctconvError) and "appeared while this run worked" in str(loser)
     check_one_case(out, winners[0])
     assert os.listdir(out.parent) == ["patient"]
+
+
+def start_convert(out: Path, model: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sctconv", "convert", str(EXAMPLE_MR), str(out), "--model",
+                             str(model), "--step", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert process.poll() is None, f"convert ended before the moment to stop it: {process.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def staged(parent: Path) -> bool:
+    return any(p.name.startswith(".") for p in parent.iterdir())
+
+
+def writing_dicom(parent: Path) -> bool:
+    return any(parent.glob(".*/dicom/*.dcm"))
+
+
+def started(parent: Path) -> bool:
+    time.sleep(0.3)  # the interpreter starts, sctconv is imported, the input read
+    return True
+
+
+MOMENTS = {"starting": started, "predicting": staged, "writing DICOM": writing_dicom}
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_sigterm_leaves_nothing_beside_the_output(moment, tiny_mr_model, tmp_path):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    process = start_convert(parent / "out", tiny_mr_model)
+    wait_for(lambda: MOMENTS[moment](parent), process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "Traceback" not in stderr
+    assert os.listdir(parent) in ([], ["out"])  # "out" only when the signal came after the commit
+    if moment != "starting":
+        assert stderr.strip() == "terminated" and process.returncode == 143
+
+
+def test_sigkill_leaves_a_staging_folder_no_scan_lists_and_the_next_run_removes(phantom_files, tiny_mr_model,
+                                                                                  tmp_path):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    process = start_convert(parent / "out", tiny_mr_model)
+    wait_for(lambda: writing_dicom(parent), process)
+    process.kill()
+    process.wait()
+    assert os.listdir(parent) == hidden(parent) and len(hidden(parent)) == 1
+    assert list_series(parent) == []
+    convert(phantom_files["mr"], parent / "next", fast_options(tiny_mr_model, dicom=False))
+    assert os.listdir(parent) == ["next"]
 
 
 def test_staging_folders_of_live_processes_and_other_hosts_are_kept(tmp_path):
@@ -159,3 +224,11 @@ def test_a_signal_while_the_previous_output_is_deleted_still_deletes_it(tmp_path
             (staging / "case.txt").write_text("new")
     assert (out / "case.txt").read_text() == "new" and hidden(tmp_path) == []
 
+
+def test_training_data_scans_skip_staging_folders(tmp_path):
+    """A killed `sctconv simulate` leaves a staging case folder; training never takes it for a case."""
+    for folder in ("case", ".leftover.sctconv-staging-host-1-0123abcd"):
+        (tmp_path / folder).mkdir()
+        for name in ("mr.mha", "ct.mha"):
+            (tmp_path / folder / name).write_bytes(b"")
+    assert [case.name for case in discover_cases(tmp_path, "mr")] == ["case"]
