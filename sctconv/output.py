@@ -6,11 +6,12 @@ an empty folder, and a check before it leaves a window for another run), ``RENAM
 ``--overwrite`` (the previous output and the new one swap names in one step, so the name always holds one
 of them). Where the C library, kernel or file system lacks ``renameat2`` (NFS, macOS), ``mkdir`` claims the
 name exclusively and ``rename`` replaces that empty folder, and an overwrite takes three renames, undone on
-failure; Windows' ``rename`` never replaces. A lock file instead would be left behind by a SIGKILL and
-would not stop a run that ignores it.
+failure (only a SIGKILL between two of them leaves the name free, both outputs in staging folders); Windows'
+``rename`` never replaces. A lock file instead would be left behind by a SIGKILL and would not stop a run
+that ignores it.
 
 Staging folders are named ``.<output>.sctconv-staging-<host>-<pid>-<random>``: scans skip them, and the next
-run into the same folder removes those whose process (on this host) is gone.
+run whose output goes beside them removes those whose process (on this host) is gone.
 """
 
 from __future__ import annotations
