@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -45,11 +46,22 @@ def main(
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, SLURM, Kubernetes, docker stop), raised where the program is so that it cleans up as on
+    Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def user_errors(command: Callable) -> Callable:
-    """Turn every failure into one line on stderr and a non-zero exit (full traceback with --debug)."""
+    """Turn every failure into one line on stderr and a non-zero exit (full traceback with --debug);
+    SIGTERM stops the command as Ctrl-C does."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return command(*args, **kwargs)
         except SctconvError as exc:
@@ -57,9 +69,10 @@ def user_errors(command: Callable) -> Callable:
                 raise
             typer.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, _Terminated)
+            typer.echo("terminated" if terminated else "interrupted", err=True)
+            sys.exit(143 if terminated else 130)
         except Exception as exc:  # a bug or an environment problem: still one line
             if _state["debug"]:
                 raise
@@ -67,6 +80,8 @@ def user_errors(command: Callable) -> Callable:
             typer.echo(f"error: unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)",
                        err=True)
             sys.exit(2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

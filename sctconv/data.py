@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sctconv.errors import SctconvError
-from sctconv.files import find_image
+from sctconv.files import find_image, folders_with
 from sctconv.model import REGION_ALIASES, ModelCard
 from sctconv.normalize import HU_MIN, normalize
 from sctconv.synth_mr import simulate_mr_array
@@ -58,7 +58,7 @@ def discover_cases(root: Path, modality: str) -> list[Case]:
         raise SctconvError(f"data folder {root} does not exist")
     stems = {"mr": ("mr", "input"), "cbct": ("cbct", "input"), "ct": ("ct",)}[modality]
     cases = []
-    for folder in sorted({p.parent for p in root.rglob("ct.*")}):
+    for folder in folders_with(root, "ct"):
         source, ct = find_image(folder, *stems), find_image(folder, "ct")
         if source and ct:
             relative = folder.relative_to(root)

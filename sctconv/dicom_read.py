@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from sctconv.errors import SctconvError
+from sctconv.output import is_staging_name
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _iter_sources(path: Path) -> Iterator[_Source]:
         raise SctconvError(f"input {path} does not exist")
     if path.is_dir():
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not is_staging_name(d))  # unfinished or abandoned outputs
             for name in sorted(files):
                 yield _file_source(Path(root) / name)
         return

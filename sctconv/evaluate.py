@@ -43,7 +43,7 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.files import find_image
+from sctconv.files import find_image, folders_with
 from sctconv.io import read_volume
 from sctconv.mask import body_mask
 from sctconv.metrics import image_metrics
@@ -254,7 +254,7 @@ def find_cases(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None) -> li
             raise SctconvError(f"{what} folder {folder} does not exist")
     cases: dict[str, CaseFiles] = {}
     problems = []
-    for folder in sorted({path.parent for path in gt_dir.rglob("ct.*")}):
+    for folder in folders_with(gt_dir, "ct"):
         ct = find_image(folder, "ct")
         if ct is None:
             continue

@@ -1,8 +1,11 @@
-"""Image files by name: the suffixes sctconv reads and finding ``<stem>.<suffix>`` in a folder."""
+"""Image files by name: the suffixes sctconv reads, finding ``<stem>.<suffix>`` in a folder, and the folders
+that hold one."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from sctconv.output import is_staging_name
 
 IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mhd")
 """Image file suffixes, in the order they are looked for (SynthRAD2025's .mha first)."""
@@ -16,3 +19,10 @@ def find_image(folder: Path, *stems: str) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+def folders_with(root: Path, stem: str) -> list[Path]:
+    """The folders under ``root`` (``root`` included) that hold a ``<stem>.*`` file, sorted; staging folders
+    (unfinished or abandoned outputs) and what they hold are left out."""
+    folders = {path.parent for path in root.rglob(f"{stem}.*")}
+    return sorted(f for f in folders if not any(map(is_staging_name, f.relative_to(root).parts)))

@@ -75,15 +75,15 @@ def test_onnx_and_torch_backends_agree_within_1_hu(phantom_files, tiny_mr_model,
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(phantom_files, tiny_mr_model, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
     options = ConvertOptions(model=str(tiny_mr_model), dicom=False, preview=False)
+    convert(phantom_files["mr"], out, options)
+    (out / "sct.nii.gz").unlink()
     with pytest.raises(SctconvError, match="--overwrite"):
         convert(phantom_files["mr"], out, options)
-    assert (out / "keep.txt").exists()
+    assert not (out / "sct.nii.gz").exists()
     options.overwrite = True
     convert(phantom_files["mr"], out, options)
-    assert (out / "sct.nii.gz").exists() and not (out / "keep.txt").exists()
+    assert (out / "sct.nii.gz").exists()
 
 
 def test_modality_contradicting_the_model_is_refused(phantom_files, tiny_mr_model, tmp_path):
