@@ -141,6 +141,16 @@ def test_unreadable_weights_are_refused(phantom_files, tiny_mr_model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_card_with_a_nan_std_is_refused_with_one_line_and_no_output(phantom_files, tiny_mr_model, tmp_path):
+    card = json.loads((tiny_mr_model / "model.json").read_text())
+    card["target_normalization"]["std"] = float("nan")  # converted with exit 0 before issue 9
+    (tiny_mr_model / "model.json").write_text(json.dumps(card))
+    result = run_cli("convert", str(phantom_files["mr"]), str(tmp_path / "out"), "--model", str(tiny_mr_model))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "normalization std must be a positive finite number, not nan" in result.stderr.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_holding_the_input_is_refused_even_with_overwrite(phantom_files, tiny_mr_model):
     folder = phantom_files["mr"].parent
     with pytest.raises(SctconvError, match="holds the input"):
