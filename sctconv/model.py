@@ -8,6 +8,7 @@ the measured metrics. Weights are read with safetensors, so loading a model neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save_file
 
 from sctconv.errors import SctconvError
 from sctconv.network import Architecture, UNet
@@ -27,6 +28,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"
+"""The weights exported to ONNX (optional; bound to ``model.safetensors`` by its hash)."""
 REGIONS = ("head-neck", "thorax", "abdomen")
 REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen"}
 MODALITIES = ("mr", "cbct")
@@ -203,11 +206,13 @@ class ModelCard:
 
 @dataclass
 class Model:
-    """A loaded model: its card, its network (eval mode, on CPU) and the folder it came from."""
+    """A loaded model: its card, its network (eval mode, on CPU), the folder it came from and the
+    SHA-256 of the weights file's bytes that the network was loaded from."""
 
     card: ModelCard
     network: UNet
     folder: Path
+    weights_sha256: str
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -233,7 +238,8 @@ def load_model(folder: Path) -> Model:
     network = UNet(card.architecture)
     path = folder / WEIGHTS_NAME
     try:
-        state = load_file(str(path))
+        data = path.read_bytes()  # read once: the hash is of exactly the bytes loaded
+        state = load_safetensors(data)
     except FileNotFoundError:
         raise SctconvError(f"model {card.name}: weights file {path} is missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
@@ -244,13 +250,15 @@ def load_model(folder: Path) -> Model:
         first = str(exc).strip().splitlines()[0]
         raise SctconvError(f"model {card.name}: weights do not match the architecture in the card ({first})") from None
     network.eval()
-    return Model(card=card, network=network, folder=folder)
+    return Model(card=card, network=network, folder=folder, weights_sha256=hashlib.sha256(data).hexdigest())
 
 
 def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bool = False) -> None:
     """Write ``model.safetensors`` and ``model.json`` into ``folder``; with ``half``, floating-point
-    weights are stored as float16 (half the size, for shipped models; loading casts them back)."""
+    weights are stored as float16 (half the size, for shipped models; loading casts them back).
+    A ``model.onnx`` already there was exported from other weights, so it is removed."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / ONNX_NAME).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -6,7 +7,8 @@ import pytest
 
 from sctconv.errors import SctconvError
 from sctconv.model import (WEIGHTS_DIR, Normalization, available_models, canonical_region, load_model, read_card,
-                           resolve_model)
+                           resolve_model, save_model)
+from sctconv.predict import OnnxBackend
 from tests.conftest import make_tiny_model
 
 
@@ -142,3 +144,18 @@ def test_cards_built_in_code_are_checked_too(tmp_path: Path):
     with pytest.raises(SctconvError, match="modality"):
         replace(card, modality="ct")
     assert replace(card, spacing=[3, 2, 2]).spacing == (3.0, 2.0, 2.0)  # ints and lists become float tuples
+
+
+def test_saving_weights_removes_the_onnx_file_of_the_old_ones(tmp_path: Path):
+    folder = make_tiny_model(tmp_path / "m")
+    (folder / "model.onnx").write_bytes(b"exported from the weights before")
+    model = load_model(folder)
+    save_model(folder, model.card, model.network)  # as `train --no-onnx`, or a training whose export fails
+    assert not (folder / "model.onnx").exists()
+    assert load_model(folder).weights_sha256 == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_shipped_onnx_files_are_bound_to_their_weights():
+    shipped = [folder for folder, _ in available_models(WEIGHTS_DIR) if (folder / "model.onnx").is_file()]
+    for folder in shipped:
+        OnnxBackend(load_model(folder), folder / "model.onnx", "cpu")  # refuses a stale or unbound file
