@@ -225,12 +225,12 @@ def export(
     output: Annotated[Optional[Path], typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
 ) -> None:
     """Export a model to ONNX (for `convert --backend onnx`)."""
-    from sctconv.model import load_model, resolve_model
-    from sctconv.predict import ONNX_NAME, export_onnx
+    from sctconv.model import ONNX_NAME, load_model, resolve_model
+    from sctconv.predict import export_onnx
 
     loaded = load_model(resolve_model(model, "", None))
     path = output or loaded.folder / ONNX_NAME
-    export_onnx(loaded.network, loaded.card.patch_size, path)
+    export_onnx(loaded, path)
     console.print(f"[green]exported[/] {loaded.card.name} to {path}")
 
 

@@ -8,13 +8,17 @@ the measured metrics. Weights are read with safetensors, so loading a model neve
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save_file
 
 from sctconv.errors import SctconvError
 from sctconv.network import Architecture, UNet
@@ -24,9 +28,37 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"
+"""The weights exported to ONNX (optional; bound to ``model.safetensors`` by its hash)."""
 REGIONS = ("head-neck", "thorax", "abdomen")
 REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen"}
 MODALITIES = ("mr", "cbct")
+TASKS = ("synthesis", "segmentation")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Inference runs in float32: a card's numbers must stay finite there."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def finite_number(value: object, what: str, positive: bool = False) -> float:
+    """``value`` as a float, or an error: a number (not a string or bool), finite in float32, and
+    above zero when ``positive``."""
+    if not _is_number(value) or not math.isfinite(value) or abs(value) > FLOAT32_MAX or (positive and value <= 0):
+        kind = "positive finite number" if positive else "finite number"
+        raise SctconvError(f"{what} must be a {kind}, not {value!r}")
+    return float(value)
+
+
+def three(values: object, what: str, integers: bool) -> tuple:
+    """Three positive finite numbers (z, y, x), as floats, or as ints when ``integers``; else an error."""
+    wrong = (not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) for v in values)
+             or (integers and not all(isinstance(v, numbers.Integral) for v in values)))
+    if wrong or any(not math.isfinite(v) or not 0 < v <= FLOAT32_MAX for v in values):
+        kind = "positive integers" if integers else "positive finite numbers"
+        raise SctconvError(f"{what} must be 3 {kind} (z, y, x), not {values!r}")
+    return tuple(int(v) for v in values) if integers else tuple(float(v) for v in values)
 
 
 def canonical_region(name: str) -> str:
@@ -53,10 +85,23 @@ class Normalization:
     std: float | None = None
 
     def __post_init__(self) -> None:
+        """Refuse what cannot normalize (unknown scheme, a clip that is not low < high, a mean that is
+        not finite, a std that is not positive and finite); numbers become floats, the clip a tuple."""
         if self.scheme not in ("zscore-case", "zscore-dataset"):
             raise SctconvError(f"unknown normalization scheme {self.scheme!r}")
-        if self.scheme == "zscore-dataset" and (self.mean is None or not self.std):
-            raise SctconvError("dataset z-score normalization needs a mean and a non-zero std")
+        if self.scheme == "zscore-dataset" and (self.mean is None or self.std is None):
+            raise SctconvError("dataset z-score normalization needs a mean and a std")
+        if self.clip is not None:
+            if not isinstance(self.clip, (list, tuple)) or len(self.clip) != 2:
+                raise SctconvError(f"normalization clip must be [low, high], not {self.clip!r}")
+            low, high = (finite_number(v, "normalization clip") for v in self.clip)
+            if low >= high:
+                raise SctconvError(f"normalization clip must be [low, high] with low < high, not {self.clip!r}")
+            self.clip = (low, high)
+        if self.mean is not None:
+            self.mean = finite_number(self.mean, "normalization mean")
+        if self.std is not None:
+            self.std = finite_number(self.std, "normalization std", positive=True)
 
 
 @dataclass
@@ -78,6 +123,56 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse a card that inference cannot run as it says, however it was made (JSON, training,
+        by hand); spacing and patch size become tuples of floats and ints."""
+        for key in ("name", "modality", "task", "description", "version"):
+            if not isinstance(getattr(self, key), str):
+                raise SctconvError(f"{key} must be text, not {getattr(self, key)!r}")
+        if not self.name:
+            raise SctconvError("name must not be empty")
+        if self.task not in TASKS:
+            raise SctconvError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        expected = MODALITIES if self.task == "synthesis" else ("ct",)
+        if self.modality not in expected:
+            raise SctconvError(f"a {self.task} model's modality must be one of {', '.join(expected)}, "
+                               f"not {self.modality!r}")
+        self._check_lists()
+        self._check_network()
+        self.spacing = three(self.spacing, "spacing (mm)", integers=False)
+        self.patch_size = three(self.patch_size, "patch_size", integers=True)
+        if any(p % d for p, d in zip(self.patch_size, self.architecture.divisor)):
+            raise SctconvError(f"patch size {self.patch_size} is not a multiple of {self.architecture.divisor}")
+
+    def _check_lists(self) -> None:
+        """Regions and class names are lists of text; training and metrics are mappings."""
+        if not isinstance(self.regions, list) or any(r not in REGIONS for r in self.regions):
+            raise SctconvError(f"regions must be a list of {', '.join(REGIONS)}, not {self.regions!r}")
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise SctconvError(f"classes must be a list of names, not {self.classes!r}")
+        for key in ("training", "metrics"):
+            if not isinstance(getattr(self, key), dict):
+                raise SctconvError(f"{key} must be a mapping, not {getattr(self, key)!r}")
+
+    def _check_network(self) -> None:
+        """The architecture, channels and normalizations fit the task."""
+        arch = self.architecture
+        if not isinstance(arch, Architecture):
+            raise SctconvError(f"architecture must be an Architecture, not {arch!r}")
+        for key in ("input_normalization", "target_normalization"):
+            if not isinstance(getattr(self, key), Normalization):
+                raise SctconvError(f"{key} must be a Normalization, not {getattr(self, key)!r}")
+        if self.target_normalization.scheme != "zscore-dataset":
+            raise SctconvError("target_normalization must be zscore-dataset (it is inverted to get HU)")
+        if arch.in_channels != 1:
+            raise SctconvError(f"the network takes {arch.in_channels} input channels; sctconv gives it one image")
+        if self.task == "segmentation" and len(self.classes) != arch.out_channels:
+            raise SctconvError(f"{len(self.classes)} class names for {arch.out_channels} output channels")
+        if self.task == "synthesis" and arch.out_channels != 1:
+            raise SctconvError(f"a synthesis network has one output channel, not {arch.out_channels}")
+        if arch.residual_output and self.input_normalization != self.target_normalization:
+            raise SctconvError("a residual-output network needs the same input and target normalization")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["architecture"] = self.architecture.to_dict()
@@ -85,34 +180,39 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelCard:
+        """A card from its JSON form; fields added since the first cards have defaults."""
         try:
             return cls(
                 name=data["name"],
                 modality=data["modality"],
-                regions=list(data["regions"]),
+                regions=data["regions"],
                 architecture=Architecture.from_dict(data["architecture"]),
-                spacing=tuple(float(v) for v in data["spacing"]),
-                patch_size=tuple(int(v) for v in data["patch_size"]),
+                spacing=data["spacing"],
+                patch_size=data["patch_size"],
                 input_normalization=Normalization(**data["input_normalization"]),
                 target_normalization=Normalization(**data["target_normalization"]),
                 description=data.get("description", ""),
                 version=str(data.get("version", "1")),
                 task=data.get("task", "synthesis"),
-                classes=list(data.get("classes", [])),
+                classes=data.get("classes", []),
                 training=data.get("training", {}),
                 metrics=data.get("metrics", {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SctconvError(f"model card is incomplete or malformed: {exc}") from exc
+        except KeyError as exc:
+            raise SctconvError(f"the field {exc} is missing") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SctconvError(f"malformed ({exc})") from None
 
 
 @dataclass
 class Model:
-    """A loaded model: its card, its network (eval mode, on CPU) and the folder it came from."""
+    """A loaded model: its card, its network (eval mode, on CPU), the folder it came from and the
+    SHA-256 of the weights file's bytes that the network was loaded from."""
 
     card: ModelCard
     network: UNet
     folder: Path
+    weights_sha256: str
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -124,17 +224,12 @@ def read_card(folder: Path) -> ModelCard:
         raise SctconvError(f"{folder} is not a model folder: {CARD_NAME} is missing") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise SctconvError(f"cannot read model card {path}: {exc}") from None
-    card = ModelCard.from_dict(data)
-    if card.task == "synthesis" and card.modality not in MODALITIES:
-        raise SctconvError(f"model card {path}: modality must be one of {MODALITIES}, not {card.modality!r}")
-    if card.task == "segmentation" and len(card.classes) != card.architecture.out_channels:
-        raise SctconvError(f"model card {path}: {len(card.classes)} class names for "
-                           f"{card.architecture.out_channels} output channels")
-    if card.task not in ("synthesis", "segmentation"):
-        raise SctconvError(f"model card {path}: unknown task {card.task!r}")
-    if any(p % d for p, d in zip(card.patch_size, card.architecture.divisor)):
-        raise SctconvError(f"model card {path}: patch size {card.patch_size} is not a multiple of {card.architecture.divisor}")
-    return card
+    if not isinstance(data, dict):
+        raise SctconvError(f"model card {path} is not a JSON object")
+    try:
+        return ModelCard.from_dict(data)
+    except SctconvError as exc:
+        raise SctconvError(f"model card {path}: {exc}") from None
 
 
 def load_model(folder: Path) -> Model:
@@ -143,7 +238,8 @@ def load_model(folder: Path) -> Model:
     network = UNet(card.architecture)
     path = folder / WEIGHTS_NAME
     try:
-        state = load_file(str(path))
+        data = path.read_bytes()  # read once: the hash is of exactly the bytes loaded
+        state = load_safetensors(data)
     except FileNotFoundError:
         raise SctconvError(f"model {card.name}: weights file {path} is missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
@@ -154,13 +250,15 @@ def load_model(folder: Path) -> Model:
         first = str(exc).strip().splitlines()[0]
         raise SctconvError(f"model {card.name}: weights do not match the architecture in the card ({first})") from None
     network.eval()
-    return Model(card=card, network=network, folder=folder)
+    return Model(card=card, network=network, folder=folder, weights_sha256=hashlib.sha256(data).hexdigest())
 
 
 def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bool = False) -> None:
     """Write ``model.safetensors`` and ``model.json`` into ``folder``; with ``half``, floating-point
-    weights are stored as float16 (half the size, for shipped models; loading casts them back)."""
+    weights are stored as float16 (half the size, for shipped models; loading casts them back).
+    A ``model.onnx`` already there was exported from other weights, so it is removed."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / ONNX_NAME).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -10,6 +10,7 @@ activation. Sizes come from an :class:`Architecture`, which the model card store
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -43,6 +44,21 @@ class Architecture:
             raise ValueError("decoder_blocks needs one entry per stage but the deepest")
         if self.residual_output and self.in_channels != self.out_channels:
             raise ValueError("a residual output needs as many output as input channels")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Counts are positive integers; strides and kernels are (z, y, x) triples, kernels odd (their
+        padding keeps the size)."""
+        counts = (*self.features, *self.encoder_blocks, *self.decoder_blocks, self.in_channels, self.out_channels)
+        if not all(_positive_int(c) for c in counts):
+            raise ValueError("features, blocks and channels must be positive integers")
+        for name, triples in (("strides", self.strides), ("kernel_sizes", self.kernel_sizes)):
+            if not all(len(t) == 3 and all(_positive_int(v) for v in t) for t in triples):
+                raise ValueError(f"{name} must be (z, y, x) triples of positive integers, not {triples}")
+        if any(k % 2 == 0 for kernel in self.kernel_sizes for k in kernel):
+            raise ValueError(f"kernel sizes must be odd, not {self.kernel_sizes}")
+        if not isinstance(self.residual_output, bool):
+            raise ValueError(f"residual_output must be true or false, not {self.residual_output!r}")
 
     @property
     def divisor(self) -> tuple[int, int, int]:
@@ -66,8 +82,12 @@ class Architecture:
             decoder_blocks=tuple(data["decoder_blocks"]),
             in_channels=data.get("in_channels", 1),
             out_channels=data.get("out_channels", 1),
-            residual_output=bool(data.get("residual_output", False)),
+            residual_output=data.get("residual_output", False),
         )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def _padding(kernel: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -6,7 +6,6 @@ validation reuses; :func:`convert` wraps it with reading, writing, the report an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -25,8 +24,8 @@ from sctconv.errors import SctconvError
 from sctconv.io import InputVolume, read_mask, read_volume, write_image
 from sctconv.mask import body_mask
 from sctconv.output import atomic_output_dir, check_output_dir
-from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
-from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
+from sctconv.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
+from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                              predict_body, resolve_device)
 from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
 from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
@@ -138,9 +137,9 @@ def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tup
     note = None
     if not path.is_file():
         path = work_dir / ONNX_NAME
-        export_onnx(model.network, model.card.patch_size, path)
+        export_onnx(model, path)
         note = f"{ONNX_NAME} not in the model folder; exported for this run (run `sctconv export` to keep it)"
-    return OnnxBackend(path, device), note
+    return OnnxBackend(model, path, device), note
 
 
 def hu_statistics(sct: sitk.Image, mask: sitk.Image) -> dict[str, float]:
@@ -168,14 +167,6 @@ def versions() -> dict[str, str]:
     return {"sctconv": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "SimpleITK": sitk.Version.VersionString(),
             "pydicom": pydicom.__version__, "numpy": np.__version__}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 SECONDARY_REGION_MM = 150.0
@@ -333,7 +324,8 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
                       "like": describe_like(options.like, like) if like is not None else None,
                       **describe_geometry(volume.image)},
             "model": {"name": model.card.name, "folder": str(model.folder), "version": model.card.version,
-                      "regions": model.card.regions, "weights_sha256": sha256(model.folder / WEIGHTS_NAME)},
+                      "regions": model.card.regions, "weights_sha256": model.weights_sha256,
+                      "onnx_sha256": backend.sha256 if isinstance(backend, OnnxBackend) else None},
             "region": region_record,
             "mask": mask_source,
             "inference": {"backend": backend.name, "device": backend.device, "step": options.step,

@@ -9,12 +9,13 @@ ONNX Runtime; both backends take and return float32 batches shaped (B, 1, z, y, 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -22,12 +23,15 @@ import torch
 from rich.progress import Progress
 
 from sctconv.errors import SctconvError
-from sctconv.model import ModelCard
+from sctconv.model import WEIGHTS_NAME, Model, ModelCard
 from sctconv.network import UNet
 from sctconv.normalize import air_value
 
-ONNX_NAME = "model.onnx"
-"""The ONNX file of a model folder."""
+if TYPE_CHECKING:
+    import onnxruntime
+
+WEIGHTS_HASH_KEY = "sctconv.weights_sha256"
+"""ONNX metadata: the SHA-256 of the ``model.safetensors`` the file was exported from."""
 
 
 class Backend(Protocol):
@@ -70,11 +74,13 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """The exported network in ONNX Runtime; the CUDA provider when present and wanted, else CPU."""
+    """``model``'s network exported to ONNX (``path``), in ONNX Runtime; the CUDA provider when
+    present and wanted, else CPU. A file not exported from ``model``'s weights, or for another patch
+    size, is refused. ``sha256`` is the hash of the file's bytes that run."""
 
     name = "onnx"
 
-    def __init__(self, path: Path, device: str) -> None:
+    def __init__(self, model: Model, path: Path, device: str) -> None:
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -83,9 +89,12 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            data = path.read_bytes()  # read once: the hash is of exactly the bytes that run
+            self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise SctconvError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        check_onnx_binding(self.session, model, path)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name
 
@@ -93,9 +102,29 @@ class OnnxBackend:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> None:
-    """Export the network to ONNX for patches of ``patch_size`` with a dynamic batch axis."""
-    network = network.cpu().eval()
+def check_onnx_binding(session: onnxruntime.InferenceSession, model: Model, path: Path) -> None:
+    """Refuse an ONNX file that was not exported from ``model``'s weights file (its metadata holds
+    that file's hash) or that takes other patches than ``model``'s card says."""
+    again = f"export it again with `sctconv export {model.folder}`, or use --backend torch"
+    bound = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_HASH_KEY)
+    if bound is None:
+        raise SctconvError(f"{path} does not record which weights it was exported from (an ONNX file from "
+                           f"before sctconv bound them, or not sctconv's); {again}")
+    if bound != model.weights_sha256:
+        raise SctconvError(f"{path} is stale: it was exported from other weights than "
+                           f"{model.folder / WEIGHTS_NAME} (SHA-256 {bound[:12]}..., not "
+                           f"{model.weights_sha256[:12]}...); {again}")
+    shape = session.get_inputs()[0].shape[2:]
+    if list(shape) != list(model.card.patch_size):
+        raise SctconvError(f"{path} takes patches of {shape}, but the card of {model.card.name} says "
+                           f"{list(model.card.patch_size)}; {again}")
+
+
+def export_onnx(model: Model, path: Path) -> None:
+    """Export ``model``'s network to ONNX for its card's patch size, with a dynamic batch axis and the
+    hash of its weights file in the metadata (checked by :class:`OnnxBackend`)."""
+    network = model.network.cpu().eval()
+    patch_size = model.card.patch_size
     example = torch.zeros((2, network.arch.in_channels, *patch_size), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=256)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -107,6 +136,7 @@ def export_onnx(network: UNet, patch_size: tuple[int, int, int], path: Path) -> 
                                     output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
                                     verbose=False)
     quiet.setLevel(level)
+    program.model.metadata_props[WEIGHTS_HASH_KEY] = model.weights_sha256
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     program.save(str(partial), external_data=False)

@@ -49,11 +49,11 @@ from sctconv.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_
                           open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
 from sctconv.metrics import BONE_HU, bone_dice, image_metrics, mae
-from sctconv.model import Model, ModelCard, Normalization, load_model, save_model
+from sctconv.model import ONNX_NAME, Model, ModelCard, Normalization, load_model, save_model
 from sctconv.network import Architecture, UNet, count_parameters
 from sctconv.plan import load_plan
 from sctconv.normalize import HU_MAX, HU_MIN, ct_value, denormalize_ct, normalize
-from sctconv.predict import ONNX_NAME, TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
+from sctconv.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
 from sctconv.curves import save_curves
 from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
@@ -568,7 +568,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     if config.onnx and not segmentation:
         console.print("exporting to ONNX")
         try:
-            export_onnx(network, card.patch_size, config.out / ONNX_NAME)
+            export_onnx(load_model(config.out), config.out / ONNX_NAME)  # bound to the weights file just written
         except Exception as exc:  # noqa: BLE001 - the trained model is saved; ONNX is a convenience on top
             console.print(f"[yellow]warning:[/] ONNX export failed ({type(exc).__name__}: {exc}); the model is "
                           "saved, export it later with sctconv export")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,14 +10,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx as onnx_lib
 import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from typer.testing import CliRunner
 
+from sctconv.cli import app
 from sctconv.errors import SctconvError
 from sctconv.network import UNet
 from sctconv.pipeline import ConvertOptions, convert, guess_modality
+from tests.conftest import make_tiny_model
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -71,6 +76,37 @@ def test_onnx_and_torch_backends_agree_within_1_hu(phantom_files, tiny_mr_model,
     x = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "torch" / "sct.nii.gz"))).astype(float)
     y = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "onnx" / "sct.nii.gz"))).astype(float)
     assert np.abs(x - y).mean() < 1.0
+
+
+def export(folder: Path) -> bytes:
+    """`sctconv export FOLDER` (in this process); the bytes of the model.onnx it writes."""
+    result = CliRunner().invoke(app, ["export", str(folder)])
+    assert result.exit_code == 0, result.output
+    return (folder / "model.onnx").read_bytes()
+
+
+def test_a_stale_or_unbound_model_onnx_is_refused_and_the_report_hashes_what_ran(phantom_files, tiny_mr_model,
+                                                                                  tmp_path):
+    own = export(tiny_mr_model)
+    onnx = tiny_mr_model / "model.onnx"
+    unbound = onnx_lib.load_model_from_string(own)
+    del unbound.metadata_props[:]
+    other = export(make_tiny_model(tmp_path / "other", "mr", seed=1))
+    card = json.loads((tiny_mr_model / "model.json").read_text())
+    options = ConvertOptions(model=str(tiny_mr_model), dicom=False, preview=False, backend="onnx")
+    for damage, expected in ((other, "stale"), (unbound.SerializeToString(), "does not record which weights")):
+        onnx.write_bytes(damage)  # another model's export (issue 9: it ran, the report gave these weights' hash)
+        with pytest.raises(SctconvError, match=expected):
+            convert(phantom_files["mr"], tmp_path / "out", options)
+        assert not (tmp_path / "out").exists()
+    onnx.write_bytes(own)
+    report = convert(phantom_files["mr"], tmp_path / "out", options)
+    assert report["model"]["onnx_sha256"] == hashlib.sha256(own).hexdigest()
+    assert report["model"]["weights_sha256"] == hashlib.sha256(
+        (tiny_mr_model / "model.safetensors").read_bytes()).hexdigest()
+    (tiny_mr_model / "model.json").write_text(json.dumps({**card, "patch_size": [32, 32, 32]}))
+    with pytest.raises(SctconvError, match="takes patches of"):
+        convert(phantom_files["mr"], tmp_path / "out2", options)
 
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(phantom_files, tiny_mr_model, tmp_path):
@@ -141,6 +177,16 @@ def test_unreadable_weights_are_refused(phantom_files, tiny_mr_model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_card_with_a_nan_std_is_refused_with_one_line_and_no_output(phantom_files, tiny_mr_model, tmp_path):
+    card = json.loads((tiny_mr_model / "model.json").read_text())
+    card["target_normalization"]["std"] = float("nan")  # converted with exit 0 before issue 9
+    (tiny_mr_model / "model.json").write_text(json.dumps(card))
+    result = run_cli("convert", str(phantom_files["mr"]), str(tmp_path / "out"), "--model", str(tiny_mr_model))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "normalization std must be a positive finite number, not nan" in result.stderr.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_holding_the_input_is_refused_even_with_overwrite(phantom_files, tiny_mr_model):
     folder = phantom_files["mr"].parent
     with pytest.raises(SctconvError, match="holds the input"):
@@ -162,7 +208,6 @@ def test_a_residual_model_keeps_the_input_detail_on_its_own_grid(phantom_files, 
     """A CBCT model whose correction is zero returns its input exactly, on the input's own grid
     (finer than the model grid), inside the body; air outside."""
     from sctconv.model import load_model, save_model
-    from tests.conftest import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "residual", "cbct")
     model = load_model(folder)

@@ -1,11 +1,14 @@
+import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sctconv.errors import SctconvError
-from sctconv.model import (WEIGHTS_DIR, available_models, canonical_region, load_model, read_card,
-                           resolve_model)
+from sctconv.model import (WEIGHTS_DIR, Normalization, available_models, canonical_region, load_model, read_card,
+                           resolve_model, save_model)
+from sctconv.predict import OnnxBackend
 from tests.conftest import make_tiny_model
 
 
@@ -88,3 +91,71 @@ def test_shipped_models_load_and_document_themselves():
             assert card.metrics["mean_dice"] > 0.5 and card.classes[0] == "background"
     assert modalities == {"mr", "cbct", "ct"}
     assert sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file()) < 100e6
+
+
+CARD_DAMAGES = {  # issue 9, item 4: each once converted with exit 0 or ended in an unexpected error
+    "NaN std": (("target_normalization", "std"), float("nan")),
+    "infinite mean": (("input_normalization", "mean"), float("inf")),
+    "std beyond float32": (("target_normalization", "std"), 1e39),
+    "negative std": (("target_normalization", "std"), -400.0),
+    "std as text": (("target_normalization", "std"), "400"),
+    "reversed clip": (("target_normalization", "clip"), [3071.0, -1024.0]),
+    "zero spacing": (("spacing",), [0.0, 2.5, 2.5]),
+    "negative spacing": (("spacing",), [-3.0, 2.5, 2.5]),
+    "NaN spacing": (("spacing",), [3.0, float("nan"), 2.5]),
+    "two spacings": (("spacing",), [3.0, 2.5]),
+    "zero patch": (("patch_size",), [0, 32, 32]),
+    "negative patch": (("patch_size",), [-16, 32, 32]),
+    "fractional patch": (("patch_size",), [16.5, 32, 32]),
+    "zero features": (("architecture", "features"), [4, 0, 16]),
+    "even kernel": (("architecture", "kernel_sizes"), [[3, 3, 3], [2, 2, 2], [3, 3, 3]]),
+    "zero stride": (("architecture", "strides"), [[1, 1, 1], [0, 2, 2], [2, 2, 2]]),
+    "residual as text": (("architecture", "residual_output"), "false"),
+    "two output channels": (("architecture", "out_channels"), 2),
+    "region as text": (("regions",), "thorax"),
+    "unknown region": (("regions",), ["pelvis"]),
+    "name as number": (("name",), 7),
+}
+
+
+@pytest.mark.parametrize("damage", CARD_DAMAGES)
+def test_every_card_number_is_checked_when_the_card_is_read(tmp_path: Path, damage: str):
+    folder = make_tiny_model(tmp_path / "m")
+    card = json.loads((folder / "model.json").read_text())
+    keys, value = CARD_DAMAGES[damage]
+    parent = card
+    for key in keys[:-1]:
+        parent = parent[key]
+    parent[keys[-1]] = value
+    (folder / "model.json").write_text(json.dumps(card))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(SctconvError, match=f"model card {folder / 'model.json'}: "):
+        read_card(folder)
+
+
+def test_cards_built_in_code_are_checked_too(tmp_path: Path):
+    card = load_model(make_tiny_model(tmp_path / "m")).card
+    assert card.spacing == (3.0, 2.5, 2.5) and card.patch_size == (16, 32, 32)
+    with pytest.raises(SctconvError, match="spacing"):
+        replace(card, spacing=(0.0, 2.5, 2.5))
+    with pytest.raises(SctconvError, match="patch_size"):
+        replace(card, patch_size=(16, -32, 32))
+    with pytest.raises(SctconvError, match="std"):
+        Normalization("zscore-dataset", (-1024.0, 3071.0), 0.0, float("nan"))
+    with pytest.raises(SctconvError, match="modality"):
+        replace(card, modality="ct")
+    assert replace(card, spacing=[3, 2, 2]).spacing == (3.0, 2.0, 2.0)  # ints and lists become float tuples
+
+
+def test_saving_weights_removes_the_onnx_file_of_the_old_ones(tmp_path: Path):
+    folder = make_tiny_model(tmp_path / "m")
+    (folder / "model.onnx").write_bytes(b"exported from the weights before")
+    model = load_model(folder)
+    save_model(folder, model.card, model.network)  # as `train --no-onnx`, or a training whose export fails
+    assert not (folder / "model.onnx").exists()
+    assert load_model(folder).weights_sha256 == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_shipped_onnx_files_are_bound_to_their_weights():
+    shipped = [folder for folder, _ in available_models(WEIGHTS_DIR) if (folder / "model.onnx").is_file()]
+    for folder in shipped:
+        OnnxBackend(load_model(folder), folder / "model.onnx", "cpu")  # refuses a stale or unbound file

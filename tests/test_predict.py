@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,13 @@ def test_gaussian_weights_peak_in_the_centre_and_have_no_zeros():
 def test_onnx_export_matches_torch(tiny_mr_model: Path, tmp_path: Path):
     model = load_model(tiny_mr_model)
     path = tmp_path / "model.onnx"
-    export_onnx(model.network, model.card.patch_size, path)
+    export_onnx(model, path)
     volume = np.random.default_rng(1).normal(size=(20, 40, 45)).astype(np.float32)
     a = sliding_window(volume, TorchBackend(model.network, "cpu"), model.card.patch_size, batch_size=2)
-    b = sliding_window(volume, OnnxBackend(path, "cpu"), model.card.patch_size, batch_size=3)
+    onnx = OnnxBackend(model, path, "cpu")
+    b = sliding_window(volume, onnx, model.card.patch_size, batch_size=3)
     assert np.abs(a - b).max() < 1e-4
+    assert onnx.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_device_resolution():

@@ -22,6 +22,7 @@ from sctconv.data import discover_cases, sample_patch, select_regions, CaseArray
 from sctconv.errors import SctconvError
 from sctconv.model import load_model
 from sctconv.pipeline import ConvertOptions, convert
+from sctconv.predict import OnnxBackend
 from sctconv.simulate import make_phantom, write_simulated_case
 from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
 from sctconv.train import bone_weighted_l1, poly_lr, split_cases
@@ -106,6 +107,7 @@ def test_train_on_one_region_and_fold(synthrad_tree, tmp_path):
     assert sorted(split["train"] + split["validation"]) == ["TH/1THA001", "TH/1THA002", "other/case5"]
     training = json.loads((out / "model.json").read_text())["training"]
     assert training["fold"] == 1 and training["validation_cases"] == split["validation"]
+    OnnxBackend(load_model(out), out / "model.onnx", "cpu")  # the export is bound to the weights it saved
     assert sctconv("train", "--data", str(synthrad_tree), "--fold", "1", "--val-data", str(synthrad_tree),
                    "--output", str(tmp_path / "bad"), check=False).stderr.startswith("error: --fold")
 
