@@ -28,7 +28,7 @@ from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
 from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                              predict_body, resolve_device)
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
 from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 from sctconv.region import detect_region
@@ -93,6 +93,7 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
     y = predict_body(x, sitk.GetArrayViewFromImage(grid_mask), backend, card, step, blend, batch_size, progress)[0]
+    require_finite(y, f"the output of model {card.name}")
     if card.architecture.residual_output:
         # The network's output is its input plus a correction: the correction (HU) is brought to the
         # input's own grid and added there, so detail finer than the model grid is kept.
