@@ -30,7 +30,7 @@ from sctconv.model import MODALITIES, WEIGHTS_NAME, Model, ModelCard, canonical_
 from sctconv.predict import (ONNX_NAME, Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                              predict_body, resolve_device)
 from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
-from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
+from sctconv.preprocess import check_voxels, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 from sctconv.region import detect_region
 
@@ -274,7 +274,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
 
     like = read_like(input_path, options)
     volume = read_volume(input_path, options.series, options.allow_uneven)
-    check_finite(volume.image, f"input {input_path}")
+    check_voxels(volume.image, f"input {input_path}")
     if not options.allow_large:
         check_input_size(volume.image, f"input {input_path}")
     region = canonical_region(options.region) if options.region else None

@@ -48,9 +48,11 @@ def to_input_grid(image: sitk.Image, reference: sitk.Image, default: float) -> s
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
 
 
-def check_finite(image: sitk.Image, what: str) -> None:
-    """Refuse volumes holding NaN or infinite values."""
+def check_voxels(image: sitk.Image, what: str) -> None:
+    """Refuse volumes holding NaN or infinite values, or one value everywhere (no anatomy)."""
     array = sitk.GetArrayViewFromImage(image)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         raise SctconvError(f"{what} holds {bad} NaN or infinite voxel(s) of {array.size}; fix the input first")
+    if array.min() == array.max():
+        raise SctconvError(f"{what} holds one value everywhere ({float(array.min()):g}); it holds no anatomy")

@@ -1,4 +1,4 @@
-"""Reading image files: what ITK would read wrongly is refused with one clear line."""
+"""Reading inputs: what ITK would read wrongly, or what holds no image, is refused with one clear line."""
 
 from __future__ import annotations
 
@@ -85,3 +85,16 @@ def test_zero_or_negative_voxel_size_is_refused(tmp_path, size):
     path.write_bytes(bytes(header))
     with pytest.raises(SctconvError, match="voxel size"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("value", [0.0, -1000.0, 500.0])
+def test_a_constant_volume_is_refused_even_with_a_mask(tmp_path, tiny_cbct_model, value):
+    from sctconv.pipeline import ConvertOptions, convert
+
+    image = sitk.GetImageFromArray(np.full((12, 20, 24), value, np.float32))
+    sitk.WriteImage(image, str(tmp_path / "in.nii.gz"))
+    sitk.WriteImage(sitk.Cast(image * 0 + 1, sitk.sitkUInt8), str(tmp_path / "mask.nii.gz"))
+    with pytest.raises(SctconvError, match="one value everywhere"):
+        convert(tmp_path / "in.nii.gz", tmp_path / "out", ConvertOptions(
+            model=str(tiny_cbct_model), modality="cbct", mask=tmp_path / "mask.nii.gz", dicom=False, preview=False))
+    assert not (tmp_path / "out").exists()
