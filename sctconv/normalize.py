@@ -28,7 +28,7 @@ def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.nd
     """
     array = array.astype(np.float32, copy=False)
     if norm.scheme == "zscore-case":
-        if np.count_nonzero(mask) < 2:
+        if np.count_nonzero(mask > 0) < 2:
             raise SctconvError("the body mask is empty; cannot normalize the input")
         array = tame_outliers(array, array[mask > 0])
         inside = array[mask > 0].astype(np.float64)
