@@ -109,6 +109,9 @@ def convert(
     like: Annotated[Optional[Path], typer.Option(help="DICOM series (folder, zip or file) whose patient, study and "
                                                       "Frame of Reference a non-DICOM input's sCT joins.")] = None,
     step: Annotated[float, typer.Option(help="Window step as a fraction of the patch size.")] = 0.3,
+    allow_large: Annotated[bool, typer.Option(help="Run even where the input's extent or voxel count, the model "
+                                                   "grid, the number of windows or --step is beyond what a real "
+                                                   "scan needs (refused by default).")] = False,
     blend: Annotated[str, typer.Option(help="mean (the paper's) or gaussian.")] = "mean",
     batch_size: Annotated[int, typer.Option(help="Windows per network call.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -144,7 +147,7 @@ def convert(
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
-        overwrite=overwrite, allow_uneven=allow_uneven, like=like,
+        overwrite=overwrite, allow_uneven=allow_uneven, allow_large=allow_large, like=like,
         series_options=SeriesOptions(series_description=series_description or "", patient_id=patient_id,
                                      patient_name=patient_name, synthetic_data=synthetic_data_tag,
                                      series_number=series_number, manufacturer=manufacturer,

@@ -23,8 +23,10 @@ import copy
 import io
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -192,7 +194,7 @@ def _iter_sources(path: Path) -> Iterator[_Source]:
 def _read_header(src: _Source) -> Dataset | None:
     """The dataset without pixel data, or None for anything that is not a DICOM file."""
     try:
-        with src.open() as fh:
+        with _pydicom_quiet(), src.open() as fh:
             head = fh.read(132)
             fh.seek(0)
             has_preamble = len(head) == 132 and head[128:132] == b"DICM"
@@ -223,6 +225,47 @@ def _read_full(src: _Source) -> Dataset:
             return pydicom.dcmread(fh, force=True)
     except Exception as exc:  # noqa: BLE001
         raise SctconvError(f"cannot read DICOM file {src.name}: {exc}") from exc
+
+
+@contextmanager
+def _pydicom_quiet() -> Iterator[None]:
+    """Keep pydicom's warnings and logged decoder tracebacks from the user: a file that cannot be
+    used reaches them as one SctconvError line, with the reason."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _decode(src: _Source, label: str) -> np.ndarray:
+    """The stored pixel values of one file (all frames)."""
+    with _pydicom_quiet():
+        ds = _read_full(src)
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            raise SctconvError(f"series {label}: {src.name} has no pixel data (a truncated file?)")
+        try:
+            return ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - decoder plugins raise various types
+            raise _decode_error(src.name, ds, exc) from exc
+
+
+def _decode_error(name: str, ds: Dataset, exc: Exception) -> SctconvError:
+    """One line: the transfer syntax and why decoding failed (each plugin's reason), or that no
+    decoder for it is installed."""
+    ts = _transfer_syntax(ds)
+    syntax = f"transfer syntax {UID(ts).name if ts else 'unknown'} ({ts})"
+    if "missing dependencies" in str(exc):
+        return SctconvError(f"cannot decode the pixel data of {name}: no decoder for its {syntax} is installed "
+                            "(install pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm)")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines  # pydicom: "...all plugins:"
+    return SctconvError(f"cannot decode the pixel data of {name} ({syntax}): "
+                        f"{'; '.join(reasons) or type(exc).__name__}; the file is corrupt or truncated")
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,20 +942,7 @@ def _pixels(entries: list[_Entry], label: str) -> np.ndarray:
     for k, e in enumerate(entries):
         arr = cache.get(e.src.name)
         if arr is None:
-            ds = _read_full(e.src)
-            if "PixelData" not in ds and "FloatPixelData" not in ds:
-                raise SctconvError(f"series {label}: {e.src.name} has no pixel data")
-            try:
-                arr = ds.pixel_array
-            except Exception as exc:  # noqa: BLE001 - decoder plugins raise various types
-                ts = _transfer_syntax(ds)
-                name = UID(ts).name if ts else "unknown"
-                raise SctconvError(
-                    f"cannot decode the pixel data of {e.src.name}: transfer syntax {name} "
-                    f"({ts}) ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "install a decoder (pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, "
-                    "or python-gdcm)"
-                ) from exc
+            arr = _decode(e.src, label)
             if e.frame is not None:
                 cache[e.src.name] = arr  # keep multi-frame arrays for the other frames
         if e.frame is not None and arr.ndim == 3:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import SimpleITK as sitk
 from sctconv.dicom_read import SourceSeries, is_dicom_path, read_dicom_series
 from sctconv.errors import SctconvError
 from sctconv.files import IMAGE_SUFFIXES
+from sctconv.nifti import check_nifti
 from sctconv.preprocess import image_like
 
 
@@ -37,43 +37,24 @@ def read_volume(path: Path, series: str | None = None, allow_uneven: bool = Fals
     if is_dicom_path(path):
         source = read_dicom_series(path, series, allow_uneven)
         return InputVolume(image=_as_float_volume(source.image, path), source=source)
+    return InputVolume(image=_as_float_volume(read_image_file(path, "input"), path))
+
+
+def read_image_file(path: Path, what: str) -> sitk.Image:
+    """Read an image file with SimpleITK, refusing what ITK would read wrongly (see :func:`check_nifti`)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError:
-        raise SctconvError(
-            f"cannot read {path}: not an image file SimpleITK understands ({', '.join(IMAGE_SUFFIXES)}) "
-            "nor DICOM") from None
-    bad = nifti_nonfinite_count(path)
-    if bad:
-        raise SctconvError(f"{path} holds {bad} NaN or infinite voxel(s); fix the input first")
-    return InputVolume(image=_as_float_volume(image, path))
-
-
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
-
-
-def nifti_nonfinite_count(path: Path) -> int:
-    """NaN/inf voxels stored in a float NIfTI-1 file (0 for other files).
-
-    ITK's NIfTI reader turns NaN into 0 on reading, so NaN-filled volumes must be caught on the
-    raw file before SimpleITK sees them.
-    """
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return 0
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        header = handle.read(348)
-        if len(header) < 348:
-            return 0
-        order = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
-        dtype = _NIFTI_FLOAT_TYPES.get(int(np.frombuffer(header, f"{order}i2", 1, 70)[0]))
-        if dtype is None:
-            return 0
-        offset = int(np.frombuffer(header, f"{order}f4", 1, 108)[0])
-        handle.read(max(0, offset - 348))
-        data = np.frombuffer(handle.read(), f"{order}{dtype}")
-    return int(np.count_nonzero(~np.isfinite(data)))
+        raise SctconvError(f"cannot read {what} {path}: not an image file SimpleITK understands "
+                           f"({', '.join(IMAGE_SUFFIXES)})") from None
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise SctconvError(f"cannot read the voxel data of {what} {path}: the file is truncated or corrupt") from None
+    check_nifti(path, what)
+    return image
 
 
 def _as_float_volume(image: sitk.Image, path: Path) -> sitk.Image:
@@ -93,10 +74,7 @@ def _read_on_grid(path: Path, reference: sitk.Image, pixel_type: int, what: str)
     """Read a 3D scalar image and bring it onto ``reference``'s grid by nearest neighbour."""
     if not path.exists():
         raise SctconvError(f"{what} {path} does not exist")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise SctconvError(f"cannot read {what} {path}") from None
+    image = read_image_file(path, what)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise SctconvError(f"{what} {path} is not a 3D scalar image")
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, pixel_type)

@@ -14,24 +14,47 @@ from sctconv.model import Normalization
 HU_MIN, HU_MAX = -1024.0, 3071.0
 """The CT range of the paper and of the SynthRAD2025 evaluation."""
 
+OUTLIER_FENCE = 5.0
+"""A value further than this many times the 0.5-99.5 percentile range beyond that range (inside the
+body) is an outlier: real MRs stay within 0.7 times it, a single hot voxel of 3e38 does not."""
+
 
 def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Normalize a volume as the model card says (float32 out).
+    """Normalize a volume as the model card says (float32 out, finite or an error).
 
-    ``zscore-case`` uses the mean and std of the voxels inside ``mask``; ``zscore-dataset`` clips
-    to the card's range and uses the card's dataset statistics.
+    ``zscore-case`` uses the mean and std (float64) of the voxels inside ``mask``, after
+    :func:`tame_outliers`; ``zscore-dataset`` clips to the card's range and uses the card's dataset
+    statistics.
     """
     array = array.astype(np.float32, copy=False)
     if norm.scheme == "zscore-case":
-        inside = array[mask > 0]
-        if inside.size < 2:
+        if np.count_nonzero(mask > 0) < 2:
             raise SctconvError("the body mask is empty; cannot normalize the input")
+        array = tame_outliers(array, array[mask > 0])
+        inside = array[mask > 0].astype(np.float64)
         mean, std = float(inside.mean()), float(inside.std())
         if std == 0:
             raise SctconvError("the input is constant inside the body; it holds no anatomy")
-        return (array - mean) / std
+        return require_finite((array - mean) / std, "the normalized input")
     low, high = norm.clip if norm.clip else (-np.inf, np.inf)
-    return (np.clip(array, low, high) - norm.mean) / norm.std
+    return require_finite((np.clip(array, low, high) - norm.mean) / norm.std, "the normalized input")
+
+
+def tame_outliers(array: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``array`` with its outliers (see :data:`OUTLIER_FENCE`) replaced by the nearer of the 0.5 and
+    99.5 percentiles of ``inside``; a real image has none and passes unchanged."""
+    low, high = (float(p) for p in np.percentile(inside, [0.5, 99.5]))
+    spread = OUTLIER_FENCE * (high - low)
+    array = np.where(array > high + spread, np.float32(high), array)
+    return np.where(array < low - spread, np.float32(low), array)
+
+
+def require_finite(array: np.ndarray, what: str) -> np.ndarray:
+    """``array``, or an error naming ``what`` when it holds NaN or infinite values."""
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise SctconvError(f"{what} holds {bad} NaN or infinite value(s) of {array.size}")
+    return array
 
 
 def denormalize_ct(array: np.ndarray, norm: Normalization) -> np.ndarray:

@@ -22,13 +22,14 @@ from sctconv.dicom_read import is_dicom_path, read_series_header
 from sctconv.dicom_write import SeriesOptions, write_sct_series
 from sctconv.errors import SctconvError
 from sctconv.io import InputVolume, read_mask, read_volume, write_image
+from sctconv.limits import check_input_size, check_step, check_workload
 from sctconv.mask import body_mask
 from sctconv.output import atomic_output_dir, check_output_dir
 from sctconv.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
 from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                              predict_body, resolve_device)
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize
-from sctconv.preprocess import check_finite, image_like, to_input_grid, to_model_grid
+from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
+from sctconv.preprocess import check_voxels, image_like, to_input_grid, to_model_grid
 from sctconv.preview import save_preview
 from sctconv.region import detect_region
 
@@ -45,6 +46,7 @@ class ConvertOptions:
     mask: Path | None = None
     series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
     allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
+    allow_large: bool = False  # run past the size guards of sctconv.limits
     like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
     step: float = 0.3
     blend: str = "mean"
@@ -92,6 +94,7 @@ def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
                   card.input_normalization)
     y = predict_body(x, sitk.GetArrayViewFromImage(grid_mask), backend, card, step, blend, batch_size, progress)[0]
+    require_finite(y, f"the output of model {card.name}")
     if card.architecture.residual_output:
         # The network's output is its input plus a correction: the correction (HU) is brought to the
         # input's own grid and added there, so detail finer than the model grid is kept.
@@ -246,6 +249,8 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     inputs = (input_path, options.mask, options.like)
     check_output_dir(out_dir, options.overwrite, inputs)
     check_window_settings(options.step, options.blend, options.batch_size)
+    if not options.allow_large:
+        check_step(options.step)
     if options.backend not in BACKENDS:
         raise SctconvError(f"unknown backend {options.backend!r}; use torch or onnx")
     timings: dict[str, float] = {}
@@ -260,7 +265,9 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
 
     like = read_like(input_path, options)
     volume = read_volume(input_path, options.series, options.allow_uneven)
-    check_finite(volume.image, f"input {input_path}")
+    check_voxels(volume.image, f"input {input_path}")
+    if not options.allow_large:
+        check_input_size(volume.image, f"input {input_path}")
     region = canonical_region(options.region) if options.region else None
     model = load_model(resolve_model(options.model, "", None)) if options.model else None
     modality, modality_source = choose_modality(volume, options.modality, model.card if model else None)
@@ -283,6 +290,8 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     if model is None:
         model = load_model(shipped_model(modality, region_record))
         check_model(model.card, modality, modality_source)
+    if not options.allow_large:
+        check_workload(volume.image, model.card, options.step)
     warnings, region_notes = coverage_warnings(model.card, region_record, modality_source, volume.image)
     notes += region_notes
 

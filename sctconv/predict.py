@@ -143,11 +143,16 @@ def export_onnx(model: Model, path: Path) -> None:
     partial.replace(path)  # never a half-written model.onnx that `convert --backend onnx` would pick up
 
 
+def window_count(length: int, patch: int, step: float) -> int:
+    """Number of windows along one axis (nnU-Net's placement)."""
+    return 1 if length <= patch else math.ceil((length - patch) / (patch * step)) + 1
+
+
 def window_starts(length: int, patch: int, step: float) -> list[int]:
     """Start indices of the windows along one axis (nnU-Net's placement)."""
-    if length <= patch:
+    count = window_count(length, patch, step)
+    if count == 1:
         return [0]
-    count = math.ceil((length - patch) / (patch * step)) + 1
     spacing = (length - patch) / (count - 1)
     return [int(round(i * spacing)) for i in range(count)]
 

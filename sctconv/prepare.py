@@ -28,7 +28,7 @@ from sctconv.errors import SctconvError
 from sctconv.io import read_label_map, read_mask, read_volume
 from sctconv.mask import body_mask
 from sctconv.normalize import HU_MAX, HU_MIN
-from sctconv.preprocess import check_finite, to_model_grid
+from sctconv.preprocess import check_voxels, to_model_grid
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ CROP_MARGIN_MM = 30.0
 def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
     """Input, CT (clipped HU) and mask on the input's grid."""
     image = read_volume(case.input).image
-    check_finite(image, f"case {case.name} input")
+    check_voxels(image, f"case {case.name} input")
     ct = sitk.Resample(read_volume(case.ct).image, image, sitk.Transform(), sitk.sitkLinear, HU_MIN,
                        sitk.sitkFloat32)
     ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)

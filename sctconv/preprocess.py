@@ -27,13 +27,20 @@ def to_model_grid(image: sitk.Image, spacing_zyx: tuple[float, float, float],
     The resampled grid starts at the first voxel centre and covers the image's whole extent.
     """
     oriented = sitk.DICOMOrient(image, "LPS")
-    spacing = np.array(spacing_zyx[::-1], dtype=float)
-    old_size = np.array(oriented.GetSize(), dtype=float)
-    old_spacing = np.array(oriented.GetSpacing(), dtype=float)
-    size = np.maximum(1, np.round((old_size - 1) * old_spacing / spacing).astype(int) + 1)
-    return sitk.Resample(oriented, [int(s) for s in size], sitk.Transform(), interpolator,
-                         oriented.GetOrigin(), [float(s) for s in spacing], oriented.GetDirection(),
+    return sitk.Resample(oriented, model_grid_size(image, spacing_zyx), sitk.Transform(), interpolator,
+                         oriented.GetOrigin(), [float(s) for s in spacing_zyx[::-1]], oriented.GetDirection(),
                          default, sitk.sitkFloat32)
+
+
+def model_grid_size(image: sitk.Image, spacing_zyx: tuple[float, float, float]) -> list[int]:
+    """The (x, y, z) size of :func:`to_model_grid`'s result, from ``image``'s header alone."""
+    orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
+    lps_axis = ["RLAPIS".index(letter) // 2 for letter in orientation]  # image axis i lies along LPS axis lps_axis[i]
+    size, spacing = np.zeros(3), np.zeros(3)
+    for axis, n, step in zip(lps_axis, image.GetSize(), image.GetSpacing()):
+        size[axis], spacing[axis] = n, step
+    grid = np.maximum(1, np.round((size - 1) * spacing / np.array(spacing_zyx[::-1], dtype=float)).astype(int) + 1)
+    return [int(n) for n in grid]
 
 
 def to_input_grid(image: sitk.Image, reference: sitk.Image, default: float) -> sitk.Image:
@@ -41,9 +48,11 @@ def to_input_grid(image: sitk.Image, reference: sitk.Image, default: float) -> s
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
 
 
-def check_finite(image: sitk.Image, what: str) -> None:
-    """Refuse volumes holding NaN or infinite values."""
+def check_voxels(image: sitk.Image, what: str) -> None:
+    """Refuse volumes holding NaN or infinite values, or one value everywhere (no anatomy)."""
     array = sitk.GetArrayViewFromImage(image)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         raise SctconvError(f"{what} holds {bad} NaN or infinite voxel(s) of {array.size}; fix the input first")
+    if array.min() == array.max():
+        raise SctconvError(f"{what} holds one value everywhere ({float(array.min()):g}); it holds no anatomy")

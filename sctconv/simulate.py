@@ -345,6 +345,22 @@ def make_phantom(
     return ct, labels
 
 
+CT_AIR_CEILING_HU = -500.0
+"""A CT in HU holds air (or the -1024 padding) below this; an MR, or a CT stored without its rescale, does not."""
+
+
+def read_ct(path: Path) -> sitk.Image:
+    """Read a CT in HU; a DICOM series of another modality, or a volume with no air, is refused."""
+    volume = read_volume(path)
+    if volume.dicom_modality not in (None, "CT"):
+        raise SctconvError(f"{path} is a DICOM {volume.dicom_modality} series; simulate needs a CT")
+    lowest = float(np.min(sitk.GetArrayViewFromImage(volume.image)))
+    if lowest > CT_AIR_CEILING_HU:
+        raise SctconvError(f"{path} does not look like a CT in HU: its lowest value is {lowest:g}, where a CT "
+                           "holds air near -1000 HU (an MR, or a CT stored with an offset?)")
+    return volume.image
+
+
 def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_path: Path | None = None,
                          seed: int = 0, overwrite: bool = False) -> None:
     """Write a paired case folder ``<modality>.mha``, ``ct.mha``, ``mask.mha`` (SynthRAD2025 layout).
@@ -355,7 +371,7 @@ def write_simulated_case(ct_path: Path, out_dir: Path, modality: str, labels_pat
     if modality not in ("mr", "cbct"):
         raise SctconvError(f"--modality must be mr or cbct, not {modality!r}")
     check_output_dir(out_dir, overwrite, (ct_path, labels_path))
-    ct = read_volume(ct_path).image
+    ct = read_ct(ct_path)
     ct = sitk.Clamp(ct, sitk.sitkFloat32, HU_MIN, HU_MAX)
     labels = read_label_map(labels_path, ct) if labels_path else None
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -238,6 +239,28 @@ def test_missing_decoder_names_transfer_syntax(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
     with pytest.raises(SctconvError, match=r"transfer syntax JPEG 2000 .*1\.2\.840\.10008\.1\.2\.4\.90"):
         read_dicom_series(tmp_path)
+
+
+def _garble_frame(path: Path) -> None:
+    """Keep the file's encapsulation, overwrite its compressed frame after 16 bytes."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:16] + b"\xff" * (len(frame) - 16)])
+    ds.save_as(path)
+
+
+def test_corrupt_compressed_file_is_one_line_with_the_decoders_reason(tmp_path: Path) -> None:
+    fs = factory.make_series(tmp_path / "series", compress="j2k", rows=40, cols=36)
+    _garble_frame(fs.paths[3])
+    result = subprocess.run([sys.executable, "-m", "sctconv", "convert", str(tmp_path / "series"),
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot decode the pixel data of {fs.paths[3]}")
+    assert "JPEG 2000" in lines[0] and "failed to read the header" in lines[0]  # openjpeg's reason
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_slice_names_the_gap(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.simulate import PHANTOM_LABELS, make_phantom, simulate_cbct, simulate_mr
+from sctconv.simulate import PHANTOM_LABELS, make_phantom, simulate_cbct, simulate_mr, write_simulated_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dicom_factory as factory  # noqa: E402
 
 REAL_CT = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_ct_mr" / "example_ct_sm.nii.gz"
@@ -283,3 +287,14 @@ def test_cbct_streaks_near_dense_structures() -> None:
 
     for seed in range(3):
         assert angular_spread(1500.0, seed) > 2.0 * angular_spread(None, seed)
+
+
+def test_an_mr_is_not_accepted_as_a_ct(phantom: tuple[sitk.Image, sitk.Image], tmp_path: Path) -> None:
+    mr = tmp_path / "mr.nii.gz"
+    sitk.WriteImage(simulate_mr(phantom[0], np.random.default_rng(0)), str(mr))
+    with pytest.raises(SctconvError, match="does not look like a CT in HU"):
+        write_simulated_case(mr, tmp_path / "case", "cbct")
+    series = factory.make_series(tmp_path / "dicom", modality="MR", rows=40, cols=36)
+    with pytest.raises(SctconvError, match="DICOM MR series"):
+        write_simulated_case(series.folder, tmp_path / "case", "mr")
+    assert not (tmp_path / "case").exists()

@@ -1,0 +1,70 @@
+"""Normalization: float64, outlier-robust statistics, finite results; one definition for training and
+inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from sctconv.errors import SctconvError
+from sctconv.model import Normalization, load_model, save_model
+from sctconv.normalize import normalize
+from sctconv.pipeline import ConvertOptions, convert
+
+CASE = Normalization("zscore-case")
+HOT = (10, 30, 30)  # inside the phantom's body
+
+
+def _mr_and_mask(phantom) -> tuple[np.ndarray, np.ndarray]:
+    mr = sitk.GetArrayFromImage(phantom[1]).astype(np.float32)
+    return mr, (mr > np.percentile(mr, 40)).astype(np.uint8)
+
+
+def test_normal_images_normalize_as_the_shipped_models_were_trained(phantom):
+    """Within float rounding of the plain mean and std inside the mask (the definition until now)."""
+    mr, mask = _mr_and_mask(phantom)
+    inside = mr[mask > 0].astype(np.float64)
+    expected = (mr - inside.mean()) / inside.std()
+    np.testing.assert_allclose(normalize(mr, mask, CASE), expected, rtol=0, atol=1e-5)
+
+
+def test_one_extreme_voxel_leaves_the_others_z_scores(phantom):
+    mr, mask = _mr_and_mask(phantom)
+    assert mask[HOT]
+    hot = mr.copy()
+    hot[HOT] = 3e38
+    z, clean = normalize(hot, mask, CASE), normalize(mr, mask, CASE)
+    assert np.isfinite(z).all() and 2 < z[HOT] < 4  # replaced by the 99.5th percentile
+    z[HOT] = clean[HOT]
+    np.testing.assert_allclose(z, clean, atol=1e-3)
+
+
+def test_one_extreme_voxel_does_not_ruin_the_sct(phantom, tiny_mr_model, tmp_path):
+    hot = sitk.GetArrayFromImage(phantom[1])
+    hot[HOT] = 3e38
+    image = sitk.GetImageFromArray(hot)
+    image.CopyInformation(phantom[1])
+    paths = {"clean": tmp_path / "clean.nii.gz", "hot": tmp_path / "hot.nii.gz"}
+    sitk.WriteImage(phantom[1], str(paths["clean"]))
+    sitk.WriteImage(image, str(paths["hot"]))
+    sct = {}
+    for name, path in paths.items():
+        convert(path, tmp_path / name, ConvertOptions(model=str(tiny_mr_model), modality="mr", dicom=False,
+                                                      preview=False))
+        sct[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name / "sct.nii.gz"))).astype(float)
+    difference = np.abs(sct["hot"] - sct["clean"])
+    assert np.median(difference) == 0 and np.mean(difference > 5) < 0.01
+
+
+def test_non_finite_results_are_refused(phantom_files, tiny_mr_model, tmp_path):
+    model = load_model(tiny_mr_model)
+    torch.nn.init.constant_(model.network.head.bias, float("nan"))
+    save_model(Path(tiny_mr_model), model.card, model.network)
+    with pytest.raises(SctconvError, match="NaN or infinite"):
+        convert(phantom_files["mr"], tmp_path / "out", ConvertOptions(model=str(tiny_mr_model), dicom=False,
+                                                                     preview=False))
+    assert not (tmp_path / "out").exists()
