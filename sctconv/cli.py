@@ -410,6 +410,8 @@ def train_command(
                                                       "by the domain-randomised simulator, anew during training.")] = False,
     bf16: Annotated[bool, typer.Option(help="CPU: bf16 autocast (2-3x faster where the CPU has AMX or "
                                             "AVX512-BF16; see benchmarks/RESULTS.md).")] = False,
+    description: Annotated[str, typer.Option(help="The model card's description: what the data are, how inputs "
+                                                  "were made (simulator, literature), what the model is for.")] = "",
 ) -> None:
     """Train a synthesis model: stage 1 (L1) or stage 2 (AFP fine-tuning), as in the paper.
 
@@ -427,7 +429,8 @@ def train_command(
                   bone_weight=bone_weight, val_data=val_data, fold=fold, folds=folds, epochs=epochs, iterations=iterations,
                   batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
-                  seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16)
+                  seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16,
+                  description=description)
 
 
 @app.command("train-teacher")

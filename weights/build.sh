@@ -34,12 +34,21 @@ for ct in "$work"/cts/train/*/*/ct.nii.gz; do
     done
 done
 
+mr_about="MRI -> CT, head-neck, thorax, abdomen. Inputs made anew during training from real CTs by sctconv's \
+domain-randomised MR simulator (synth_mr: per-tissue contrasts of T1, T2, PD and Dixon-like orderings, bone and air \
+both dark in many samples, bias field, noise, 3-7 mm slices). L1 with bone (CT above 250 HU) weighted 3x. \
+Research use only; not a medical device."
+cbct_about="CBCT -> CT as a correction added to the CBCT on its own grid. Four simulated kV CBCTs per real CT \
+(sctconv simulate): HU scale x0.85-1.15, offset +-120 HU, nonlinearity +-80 HU (Giacometti et al., Phys Med \
+76:243, 2020); cupping 30-200 HU and shading (Siewerdsen and Jaffray, Med Phys 28:220, 2001); streaks from \
+bone and metal, rings, noise 15-60 HU, truncated cylindrical field of view 125-250 mm. Research use only; \
+not a medical device."
 sctconv train --data "$work/cts/train" --val-data "$work/mr/heldout" --output "$work/models/mr2ct" --task mr \
     "${regions[@]}" --preset cpu --epochs "$mr_epochs" --iterations "$iterations" --val-every 5 \
-    --simulate-input --bf16 --device cpu
+    --simulate-input --bone-weight 2 --bf16 --device cpu --description "$mr_about"
 sctconv train --data "$work/cbct/train" --val-data "$work/cbct/heldout" --output "$work/models/cbct2ct" \
     --task cbct "${regions[@]}" --preset cpu --epochs "$cbct_epochs" --iterations "$iterations" --val-every 5 \
-    --bf16 --device cpu
+    --bf16 --device cpu --description "$cbct_about"
 
 # Shipped with float16 weights and without model.onnx, to keep the repository small.
 for name in mr2ct cbct2ct; do
