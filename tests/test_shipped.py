@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
-from sctconv.metrics import mae
-from sctconv.model import WEIGHTS_DIR, available_models
-from sctconv.pipeline import ConvertOptions, convert
-from sctconv.simulate import simulate_cbct, simulate_mr
+from sctconv.preprocessing.body_mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+from sctconv.evaluation.image_metrics import mae
+from sctconv.nn.model import WEIGHTS_DIR, available_models
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 from tests.conftest import shared_data
 from tests.test_convert import check_sct_folder, run_cli
 

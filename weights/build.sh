@@ -45,7 +45,7 @@ sctconv train --data "$work/cbct/train" --val-data "$work/cbct/heldout" --output
 for name in mr2ct cbct2ct; do
     rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
     cp "$work/models/$name/curves.png" "$repo/weights/$name/"
-    python -c "import sys; from pathlib import Path; from sctconv.model import load_model, save_model
+    python -c "import sys; from pathlib import Path; from sctconv.nn.model import load_model, save_model
 m = load_model(Path(sys.argv[1])); save_model(Path(sys.argv[2]), m.card, m.network, half=True)" \
         "$work/models/$name" "$repo/weights/$name"
 done

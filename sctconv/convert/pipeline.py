@@ -18,20 +18,20 @@ from pydicom.dataset import Dataset
 from rich.progress import Progress
 
 from sctconv import __version__
-from sctconv.dicom_read import is_dicom_path, read_series_header
-from sctconv.dicom_write import SeriesOptions, write_sct_series
+from sctconv.io.dicom.read import is_dicom_path, read_series_header
+from sctconv.io.dicom.write import SeriesOptions, write_sct_series
 from sctconv.errors import SctconvError
-from sctconv.io import InputVolume, read_mask, read_volume, write_image
-from sctconv.limits import check_input_size, check_step, check_workload
-from sctconv.mask import body_mask
-from sctconv.output import atomic_output_dir, check_output_dir
-from sctconv.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
-from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
-                             predict_body, resolve_device)
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
-from sctconv.preprocess import check_voxels, image_like, to_input_grid, to_model_grid
-from sctconv.preview import save_preview
-from sctconv.region import detect_region
+from sctconv.io.images import InputVolume, read_mask, read_volume, write_image
+from sctconv.convert.limits import check_input_size, check_step, check_workload
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.io.output_dir import atomic_output_dir, check_output_dir
+from sctconv.nn.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
+from sctconv.inference.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
+                                       predict_body, resolve_device)
+from sctconv.preprocessing.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
+from sctconv.preprocessing.grid import check_voxels, image_like, to_input_grid, to_model_grid
+from sctconv.convert.preview import save_preview
+from sctconv.preprocessing.region import detect_region
 
 BACKENDS = ("torch", "onnx")
 
@@ -46,7 +46,7 @@ class ConvertOptions:
     mask: Path | None = None
     series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
     allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
-    allow_large: bool = False  # run past the size guards of sctconv.limits
+    allow_large: bool = False  # run past the size guards of sctconv.convert.limits
     like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
     step: float = 0.3
     blend: str = "mean"

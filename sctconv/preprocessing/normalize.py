@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sctconv.errors import SctconvError
-from sctconv.model import Normalization
+from sctconv.nn.model import Normalization
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 """The CT range of the paper and of the SynthRAD2025 evaluation."""

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.preprocess import image_like
+from sctconv.preprocessing.grid import image_like
 
 CT_BODY_THRESHOLD_HU = -500.0
 """Voxels above this value in a CT or CBCT (in HU) are body candidates."""

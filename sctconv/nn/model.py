@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
 from sctconv.errors import SctconvError
-from sctconv.network import Architecture, UNet
+from sctconv.nn.network import Architecture, UNet
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 """Models shipped with the project (one folder per model)."""
 
 CARD_NAME = "model.json"
