@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from sctconv.preprocessing.body_mask import CT_BODY_THRESHOLD_HU, body_mask, mr_threshold
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.preprocessing.body_mask import body_mask, mr_threshold
 from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct
 from tests.conftest import shared_data
 

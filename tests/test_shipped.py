@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.preprocessing.body_mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.evaluation.image_metrics import mae
 from sctconv.nn.model import WEIGHTS_DIR, available_models
 from sctconv.convert.pipeline import ConvertOptions, convert

@@ -28,7 +28,8 @@ from sctconv.io.output_dir import atomic_output_dir, check_output_dir
 from sctconv.nn.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
 from sctconv.inference.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
                                        predict_body, resolve_device)
-from sctconv.preprocessing.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
+from sctconv.hu import HU_MAX, HU_MIN
+from sctconv.preprocessing.normalize import denormalize_ct, normalize, require_finite
 from sctconv.preprocessing.grid import check_voxels, image_like, to_input_grid, to_model_grid
 from sctconv.convert.preview import save_preview
 from sctconv.preprocessing.region import detect_region

@@ -48,7 +48,8 @@ from sctconv.io.images import read_volume
 from sctconv.preprocessing.body_mask import body_mask
 from sctconv.evaluation.image_metrics import image_metrics
 from sctconv.nn.nnunet import NnUNetTeacher
-from sctconv.preprocessing.normalize import HU_MIN, normalize
+from sctconv.hu import HU_MIN
+from sctconv.preprocessing.normalize import normalize
 from sctconv.inference.predict import TorchBackend, resolve_device, sliding_window
 from sctconv.preprocessing.grid import image_like, to_model_grid
 from sctconv.nn.teacher import Teacher, load_teacher

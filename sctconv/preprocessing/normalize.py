@@ -9,10 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from sctconv.errors import SctconvError
+from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.nn.model import Normalization
-
-HU_MIN, HU_MAX = -1024.0, 3071.0
-"""The CT range of the paper and of the SynthRAD2025 evaluation."""
 
 OUTLIER_FENCE = 5.0
 """A value further than this many times the 0.5-99.5 percentile range beyond that range (inside the

@@ -18,9 +18,9 @@ from scipy import ndimage
 
 from sctconv.errors import SctconvError
 from sctconv.io.images import read_label_map, read_volume, write_image
-from sctconv.preprocessing.normalize import HU_MAX, HU_MIN
+from sctconv.hu import CT_BODY_THRESHOLD_HU, HU_MAX, HU_MIN
 from sctconv.io.output_dir import atomic_output_dir, check_output_dir
-from sctconv.preprocessing.body_mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
+from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.preprocessing.grid import image_like
 from sctconv.simulation.synth_mr import simulate_mr_array, smooth_noise
 

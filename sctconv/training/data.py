@@ -31,7 +31,8 @@ import numpy as np
 from sctconv.errors import SctconvError
 from sctconv.io.files import find_image, folders_with
 from sctconv.nn.model import REGION_ALIASES, ModelCard
-from sctconv.preprocessing.normalize import HU_MIN, normalize
+from sctconv.hu import HU_MIN
+from sctconv.preprocessing.normalize import normalize
 from sctconv.simulation.synth_mr import simulate_mr_array
 from sctconv.nn.teacher import GROUPS, tissue_labels
 

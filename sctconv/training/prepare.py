@@ -27,7 +27,7 @@ from sctconv.training.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensi
 from sctconv.errors import SctconvError
 from sctconv.io.images import read_label_map, read_mask, read_volume
 from sctconv.preprocessing.body_mask import body_mask
-from sctconv.preprocessing.normalize import HU_MAX, HU_MIN
+from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.preprocessing.grid import check_voxels, to_model_grid
 
 log = logging.getLogger(__name__)

@@ -48,11 +48,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sctconv.training.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint,
                                    is_prepared, open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
-from sctconv.evaluation.image_metrics import BONE_HU, bone_dice, image_metrics, mae
+from sctconv.evaluation.image_metrics import bone_dice, image_metrics, mae
 from sctconv.nn.model import ONNX_NAME, Model, ModelCard, Normalization, load_model, save_model
 from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.training.plan import load_plan
-from sctconv.preprocessing.normalize import HU_MAX, HU_MIN, ct_value, denormalize_ct, normalize
+from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
+from sctconv.preprocessing.normalize import ct_value, denormalize_ct, normalize
 from sctconv.inference.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
 from sctconv.training.curves import save_curves
 from sctconv.nn.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
@@ -97,7 +98,7 @@ class TrainConfig:
     init: Path | None = None  # afp: the stage-1 model folder to fine-tune
     teacher: Path | None = None  # afp: the segmentation model folder
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
-    bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above metrics.BONE_HU
+    bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above hu.BONE_HU
     val_data: Path | None = None
     val_fraction: float = 0.2
     fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``

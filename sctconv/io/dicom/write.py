@@ -25,7 +25,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 
 from sctconv.io.dicom.read import SourceSeries, int_or_none
 from sctconv.errors import SctconvError
-from sctconv.preprocessing.normalize import HU_MAX, HU_MIN
+from sctconv.hu import HU_MAX, HU_MIN
 
 log = logging.getLogger(__name__)
 
