@@ -30,8 +30,9 @@ from sctconv.errors import SctconvError
 from sctconv.evaluation.evaluate import (dice_hd95, evaluate_case, evaluate_files, find_cases, segmentation_metrics,
                                          summarize)
 from sctconv.evaluation.image_metrics import image_metrics
-from sctconv.nn.model import ModelCard, Normalization, save_model
+from sctconv.nn.model import ModelCard, save_model
 from sctconv.nn.network import UNet
+from sctconv.preprocessing.normalize import Normalization
 from tests.conftest import TINY
 
 SHAPE = (12, 40, 44)

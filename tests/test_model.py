@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from sctconv.errors import SctconvError
-from sctconv.nn.model import (WEIGHTS_DIR, Normalization, available_models, canonical_region, load_model, read_card,
-                              resolve_model, save_model)
+from sctconv.nn.model import (WEIGHTS_DIR, available_models, canonical_region, load_model, read_card, resolve_model,
+                              save_model)
+from sctconv.preprocessing.normalize import Normalization
 from sctconv.inference.predict import OnnxBackend
 from tests.conftest import make_tiny_model
 

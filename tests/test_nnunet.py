@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 
 from sctconv.errors import SctconvError  # noqa: E402
 from sctconv.evaluation.evaluate import load_segmenter, segment  # noqa: E402
-from sctconv.nn.model import Normalization  # noqa: E402
+from sctconv.preprocessing.normalize import Normalization  # noqa: E402
 from sctconv.nn.nnunet import NnUNetTeacher  # noqa: E402
 from sctconv.inference.predict import TorchBackend, sliding_window  # noqa: E402
 from sctconv.preprocessing.normalize import normalize  # noqa: E402

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from sctconv.errors import SctconvError
-from sctconv.nn.model import Normalization, load_model, save_model
-from sctconv.preprocessing.normalize import normalize
+from sctconv.nn.model import load_model, save_model
+from sctconv.preprocessing.normalize import Normalization, normalize
 from sctconv.convert.pipeline import ConvertOptions, convert
 
 CASE = Normalization("zscore-case")

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.nn.model import Normalization
+from sctconv.preprocessing.normalize import Normalization
 
 PLANS_NAME = "plans.json"
 DATASET_NAME = "dataset.json"

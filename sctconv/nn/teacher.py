@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.nn.model import Model, Normalization, load_model
+from sctconv.nn.model import Model, load_model
 from sctconv.nn.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
+from sctconv.preprocessing.normalize import Normalization
 
 TISSUE_CLASSES = ("background", "air_lung", "fat", "soft_tissue", "bone")
 TISSUE_EDGES_HU = (-400.0, -30.0, 180.0)

@@ -49,11 +49,11 @@ from sctconv.training.data import (Case, CaseArrays, PreparedCase, case_arrays, 
                                    is_prepared, open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
 from sctconv.evaluation.image_metrics import bone_dice, image_metrics, mae
-from sctconv.nn.model import ONNX_NAME, Model, ModelCard, Normalization, load_model, save_model
+from sctconv.nn.model import ONNX_NAME, Model, ModelCard, load_model, save_model
 from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.training.plan import load_plan
 from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
-from sctconv.preprocessing.normalize import ct_value, denormalize_ct, normalize
+from sctconv.preprocessing.normalize import Normalization, ct_value, denormalize_ct, normalize
 from sctconv.inference.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
 from sctconv.training.curves import save_curves
 from sctconv.nn.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
