@@ -21,7 +21,7 @@ from sctconv.training.prepare import load_case_hu
 from sctconv.evaluation.evaluate import segment, segmentation_metrics
 from sctconv.evaluation.image_metrics import image_metrics, mae
 from sctconv.nn.model import load_model
-from sctconv.convert.pipeline import synthesize
+from sctconv.inference.synthesize import synthesize
 from sctconv.inference.predict import TorchBackend
 from sctconv.nn.teacher import load_teacher
 

@@ -657,7 +657,7 @@ def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,
     """CT, sCT, mask and input of a raw case on its own grid, the sCT made as `sctconv convert` does."""
     import SimpleITK as sitk  # reading raw images; a prepared dataset trains without SimpleITK
 
-    from sctconv.convert.pipeline import synthesize
+    from sctconv.inference.synthesize import synthesize
     from sctconv.training.prepare import load_case_hu
 
     image, ct, mask = load_case_hu(case, modality)
