@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER = REPO / "weights" / "ct-teacher-small"
+TEACHER = REPO / "sctconv" / "models" / "ct-teacher-small"
 
 
 def pack(cases_dir: Path, out: Path, count: int, max_mm: float) -> None:

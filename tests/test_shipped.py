@@ -12,15 +12,15 @@ import SimpleITK as sitk
 from sctconv.hu import CT_BODY_THRESHOLD_HU
 from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.evaluation.image_metrics import mae
-from sctconv.nn.model import WEIGHTS_DIR, available_models
+from sctconv.nn.model import SHIPPED_MODELS, available_models
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 from tests.conftest import shared_data
 from tests.test_convert import check_sct_folder, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SHIPPED = {card.modality: card for _, card in available_models(WEIGHTS_DIR) if card.task == "synthesis"}
-needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in weights/")
+SHIPPED = {card.modality: card for _, card in available_models(SHIPPED_MODELS) if card.task == "synthesis"}
+needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in sctconv/models/")
 
 
 @needs_models

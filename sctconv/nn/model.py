@@ -22,8 +22,8 @@ from sctconv.errors import SctconvError
 from sctconv.nn.network import Architecture, UNet
 from sctconv.preprocessing.normalize import Normalization
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-"""Models shipped with the project (one folder per model)."""
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""The models shipped inside the package (one folder per model): what names and the default choice resolve to."""
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -206,7 +206,7 @@ def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bo
     (folder / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 
 
-def available_models(directory: Path = WEIGHTS_DIR) -> list[tuple[Path, ModelCard]]:
+def available_models(directory: Path = SHIPPED_MODELS) -> list[tuple[Path, ModelCard]]:
     """(folder, card) of each model in ``directory``, sorted by folder name."""
     if not directory.is_dir():
         return []
@@ -214,7 +214,7 @@ def available_models(directory: Path = WEIGHTS_DIR) -> list[tuple[Path, ModelCar
 
 
 def resolve_model(name_or_path: str | None, modality: str, region: str | None,
-                  directory: Path = WEIGHTS_DIR) -> Path:
+                  directory: Path = SHIPPED_MODELS) -> Path:
     """The folder of the model to use.
 
     ``name_or_path`` may be a model folder or the name of a shipped model. When it is None, the
