@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sctconv.network import UNet, count_parameters  # noqa: E402
-from sctconv.train import PRESETS, device_name  # noqa: E402
+from sctconv.nn.network import UNet, count_parameters  # noqa: E402
+from sctconv.training.train import PRESETS, device_name  # noqa: E402
 
 
 def step_seconds(preset: str, bf16: bool, channels_last: bool) -> float:

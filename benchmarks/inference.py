@@ -22,11 +22,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from sctconv.model import load_model, resolve_model
-from sctconv.network import Architecture, UNet, count_parameters
-from sctconv.pipeline import ConvertOptions, convert
-from sctconv.predict import window_starts
-from sctconv.simulate import simulate_cbct, simulate_mr
+from sctconv.nn.model import load_model, resolve_model
+from sctconv.nn.network import Architecture, UNet, count_parameters
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.inference.predict import window_starts
+from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEST = ROOT.parent / "shared" / "data" / "lidc_idri_0001_chest_ct" / "ct_2mm.nii.gz"

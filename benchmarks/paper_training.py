@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER = REPO / "weights" / "ct-teacher-small"
+TEACHER = REPO / "sctconv" / "models" / "ct-teacher-small"
 
 
 def pack(cases_dir: Path, out: Path, count: int, max_mm: float) -> None:
     import SimpleITK as sitk
     from rich.console import Console
 
-    from sctconv.data import discover_cases
-    from sctconv.prepare import prepare_dataset
-    from sctconv.train import PRESETS
+    from sctconv.training.data import discover_cases
+    from sctconv.training.prepare import prepare_dataset
+    from sctconv.training.train import PRESETS
 
     cases = discover_cases(cases_dir, "mr")
     cases = cases[::max(1, len(cases) // count)][:count]  # spread over the folder: other patients, not other seeds
@@ -97,10 +97,10 @@ def inference_timing(model_folder: Path, pack_dir: Path, device: str) -> dict:
 
     import torch
 
-    from sctconv.data import open_prepared
-    from sctconv.model import load_model
-    from sctconv.normalize import normalize
-    from sctconv.predict import TorchBackend, sliding_window, window_starts
+    from sctconv.training.data import open_prepared
+    from sctconv.nn.model import load_model
+    from sctconv.preprocessing.normalize import normalize
+    from sctconv.inference.predict import TorchBackend, sliding_window, window_starts
 
     model = load_model(model_folder)
     name = model.card.training["validation_cases"][0]

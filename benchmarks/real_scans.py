@@ -24,17 +24,18 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array  # noqa: E402
-from sctconv.metrics import mae  # noqa: E402
-from sctconv.pipeline import ConvertOptions, convert  # noqa: E402
-from sctconv.simulate import cbct_field_of_view, simulate_cbct  # noqa: E402
+from sctconv.hu import CT_BODY_THRESHOLD_HU  # noqa: E402
+from sctconv.preprocessing.body_mask import body_mask_from_array  # noqa: E402
+from sctconv.evaluation.image_metrics import mae  # noqa: E402
+from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
+from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct  # noqa: E402
 from tests.test_shipped import skull_figures  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
 
 def independent_cbct(ct: sitk.Image, rng: np.random.Generator) -> sitk.Image:
-    """A CBCT-like degradation unlike sctconv.simulate's: affine HU error, radial cupping, blur, noise."""
+    """A CBCT-like degradation unlike sctconv.simulation.simulate's: affine HU error, radial cupping, blur, noise."""
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     ny, nx = hu.shape[1:]
     sy, sx = ct.GetSpacing()[1], ct.GetSpacing()[0]

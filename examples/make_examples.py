@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from sctconv.simulate import make_phantom, simulate_cbct, simulate_mr
+from sctconv.simulation.simulate import make_phantom, simulate_cbct, simulate_mr
 
 HERE = Path(__file__).resolve().parent
 SEED = 2025

@@ -135,8 +135,8 @@ def convert(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
-    from sctconv.dicom_write import SeriesOptions
-    from sctconv.pipeline import ConvertOptions, convert as run_convert
+    from sctconv.io.dicom.write import SeriesOptions
+    from sctconv.convert.pipeline import ConvertOptions, convert as run_convert
 
     if image_format not in ("nii.gz", "mha"):
         raise SctconvError(f"--format must be nii.gz or mha, not {image_format!r}")
@@ -178,7 +178,7 @@ def series(
     path: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively), file or zip.")],
 ) -> None:
     """List the DICOM image series in a folder (pick one with `convert --series`)."""
-    from sctconv.dicom_read import list_series
+    from sctconv.io.dicom.read import list_series
 
     found = list_series(path)
     if not found:
@@ -196,7 +196,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the model cards as JSON.")] = False,
 ) -> None:
     """List the shipped models."""
-    from sctconv.model import available_models
+    from sctconv.nn.model import available_models
 
     found = available_models()
     if as_json:
@@ -228,8 +228,8 @@ def export(
     output: Annotated[Optional[Path], typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
 ) -> None:
     """Export a model to ONNX (for `convert --backend onnx`)."""
-    from sctconv.model import ONNX_NAME, load_model, resolve_model
-    from sctconv.predict import export_onnx
+    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
+    from sctconv.inference.predict import export_onnx
 
     loaded = load_model(resolve_model(model, "", None))
     path = output or loaded.folder / ONNX_NAME
@@ -254,8 +254,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="Segmentation device: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Score sCTs against CTs as SynthRAD2025 does: MAE, PSNR, MS-SSIM (Dice and HD95 with --segmenter)."""
-    from sctconv.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, convert_output_image, evaluate_files,
-                                  evaluate_folders, json_safe, load_segmenter, summarize, write_csv)
+    from sctconv.evaluation.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, convert_output_image, evaluate_files,
+                                             evaluate_folders, json_safe, load_segmenter, summarize, write_csv)
 
     model = load_segmenter(segmenter, device) if segmenter else None
     folders = pred.is_dir() and gt.is_dir() and convert_output_image(pred) is None
@@ -298,7 +298,7 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Make a paired training case from a real CT: a simulated MRI or CBCT on the CT's grid."""
-    from sctconv.simulate import write_simulated_case
+    from sctconv.simulation.simulate import write_simulated_case
 
     write_simulated_case(ct, output, modality, labels, seed, overwrite)
     console.print(f"[green]simulated {modality} case written to {output}[/]")
@@ -317,10 +317,10 @@ def plan_command(
     output: Annotated[Path, typer.Option(help="Plan file to write.")] = Path("plan.json"),
 ) -> None:
     """Fingerprint a dataset and plan spacing, network depth, patch and batch size (for train --plan)."""
-    from sctconv.data import discover_cases, select_regions
-    from sctconv.model import MODALITIES, canonical_region
-    from sctconv.plan import plan_document, write_plan
-    from sctconv.prepare import fingerprint_cases
+    from sctconv.training.data import discover_cases, select_regions
+    from sctconv.nn.model import MODALITIES, canonical_region
+    from sctconv.training.plan import plan_document, write_plan
+    from sctconv.training.prepare import fingerprint_cases
 
     if modality not in MODALITIES:
         raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
@@ -351,10 +351,10 @@ def prepare_command(
 ) -> None:
     """Read raw cases once into a prepared dataset (model grid, cropped to the body, no identifiers
     or paths) that sctconv train --data reads anywhere, without the raw images or SimpleITK."""
-    from sctconv.data import discover_cases, select_regions
-    from sctconv.model import canonical_region
-    from sctconv.prepare import prepare_dataset
-    from sctconv.train import network_setup
+    from sctconv.training.data import discover_cases, select_regions
+    from sctconv.nn.model import canonical_region
+    from sctconv.training.prepare import prepare_dataset
+    from sctconv.training.train import network_setup
 
     if modality not in ("mr", "cbct", "ct"):
         raise SctconvError(f"--task must be mr, cbct or ct, not {modality!r}")
@@ -418,7 +418,7 @@ def train_command(
     On several GPUs, one process per GPU (DistributedDataParallel):
     torchrun --standalone --nproc_per_node N -m sctconv train ...
     """
-    from sctconv.model import MODALITIES
+    from sctconv.nn.model import MODALITIES
 
     if modality not in MODALITIES:
         raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
@@ -437,7 +437,7 @@ def train_command(
 @user_errors
 def train_teacher_command(
     data: Annotated[Path, typer.Option(help="Cases with ct.* (and optional mask.*, labels.* grouped as "
-                                            "sctconv.teacher.GROUPS); HU tissue classes when no labels.")],
+                                            "sctconv.nn.teacher.GROUPS); HU tissue classes when no labels.")],
     output: Annotated[Path, typer.Option(help="Model folder to write.")],
     region: Annotated[list[str], typer.Option(help="Region(s); repeat for several.")] = ["thorax"],
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
@@ -463,8 +463,8 @@ def train_teacher_command(
 
 
 def _run_training(region: list[str], preset: str | None, plan: Path | None, **settings) -> None:
-    from sctconv.model import canonical_region
-    from sctconv.train import TrainConfig, train
+    from sctconv.nn.model import canonical_region
+    from sctconv.training.train import TrainConfig, train
 
     if preset and plan:
         raise SctconvError("--preset and --plan are alternatives; give one")

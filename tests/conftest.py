@@ -9,9 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from sctconv.model import ModelCard, Normalization, save_model
-from sctconv.network import Architecture, UNet
-from sctconv.simulate import make_phantom, simulate_cbct, simulate_mr, write_simulated_case
+from sctconv.nn.model import ModelCard, save_model
+from sctconv.nn.network import Architecture, UNet
+from sctconv.preprocessing.normalize import Normalization
+from sctconv.simulation.simulate import make_phantom, simulate_cbct, simulate_mr, write_simulated_case
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from sctconv.cli import app
 from sctconv.errors import SctconvError
-from sctconv.network import UNet
-from sctconv.pipeline import ConvertOptions, convert, guess_modality
+from sctconv.nn.network import UNet
+from sctconv.convert.pipeline import ConvertOptions, convert, guess_modality
 from tests.conftest import make_tiny_model
 
 
@@ -207,7 +207,7 @@ def test_bad_inference_settings_are_refused_before_any_work(option, value, phant
 def test_a_residual_model_keeps_the_input_detail_on_its_own_grid(phantom_files, tmp_path):
     """A CBCT model whose correction is zero returns its input exactly, on the input's own grid
     (finer than the model grid), inside the body; air outside."""
-    from sctconv.model import load_model, save_model
+    from sctconv.nn.model import load_model, save_model
 
     folder = make_tiny_model(tmp_path / "residual", "cbct")
     model = load_model(folder)

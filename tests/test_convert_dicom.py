@@ -1,7 +1,7 @@
 """End to end (issue 3): DICOM series in, a conformant sCT CT series out, with tiny random models.
 
 Generated source series (axial, 10-degree oblique, sagittal; HFS, FFS, HFP; MR and CT) go through
-:func:`sctconv.pipeline.convert`; the sCT series is checked with dciodvfy/dcentvfy, re-read with
+:func:`sctconv.convert.pipeline.convert`; the sCT series is checked with dciodvfy/dcentvfy, re-read with
 SimpleITK and dcm2niix, and compared with the source's identity. Error paths run the real CLI.
 Every DICOM series under ../shared/data either converts or fails with one specific line.
 """
@@ -29,10 +29,10 @@ from test_dicom_read import assert_same_geometry, sitk_series  # noqa: E402
 from test_dicom_write import DCENTVFY, DCIODVFY, DCM2NIIX, error_lines, run_tool  # noqa: E402
 
 from sctconv.cli import app  # noqa: E402
-from sctconv.dicom_read import is_dicom_path, list_series, read_dicom_series  # noqa: E402
-from sctconv.dicom_write import SeriesOptions  # noqa: E402
+from sctconv.io.dicom.read import is_dicom_path, list_series, read_dicom_series  # noqa: E402
+from sctconv.io.dicom.write import SeriesOptions  # noqa: E402
 from sctconv.errors import SctconvError  # noqa: E402
-from sctconv.pipeline import ConvertOptions, convert  # noqa: E402
+from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
 
 CASES = [(orientation, position, "MR") for orientation in ("axial", "oblique", "sagittal")
          for position in ("HFS", "FFS", "HFP")]

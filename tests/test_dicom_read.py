@@ -1,4 +1,4 @@
-"""Tests for sctconv.dicom_read: real multi-vendor data (when present) and generated series."""
+"""Tests for sctconv.io.dicom.read: real multi-vendor data (when present) and generated series."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicom_factory as factory  # noqa: E402
 
-from sctconv.dicom_read import (  # noqa: E402
+from sctconv.io.dicom.read import (  # noqa: E402
     SourceSeries,
     is_dicom_path,
     list_series,
@@ -293,7 +293,7 @@ def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
 
 def test_localizer_and_odd_size_are_dropped(tmp_path: Path, caplog) -> None:
     fs = factory.make_series(tmp_path, localizer=True, minority_size=True)
-    with caplog.at_level(logging.WARNING, logger="sctconv.dicom_read"):
+    with caplog.at_level(logging.WARNING, logger="sctconv.io.dicom.read"):
         src = read_dicom_series(tmp_path)
     assert_matches_factory(src, fs)
     text = caplog.text

@@ -1,4 +1,4 @@
-"""Tests for sctconv.dicom_write: IOD validity (dciodvfy/dcentvfy), geometry, HU and references."""
+"""Tests for sctconv.io.dicom.write: IOD validity (dciodvfy/dcentvfy), geometry, HU and references."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicom_factory as factory  # noqa: E402
 
-from sctconv.dicom_read import SourceSeries, read_dicom_series  # noqa: E402
-from sctconv.dicom_write import SeriesOptions, format_ds, write_sct_series  # noqa: E402
+from sctconv.io.dicom.read import SourceSeries, read_dicom_series  # noqa: E402
+from sctconv.io.dicom.write import SeriesOptions, format_ds, write_sct_series  # noqa: E402
 from sctconv.errors import SctconvError  # noqa: E402
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -384,7 +384,7 @@ def test_shifted_grid_keeps_frame_of_reference_without_slice_refs(written, tmp_p
     w = written("axial", "HFS")
     moved = sitk.Image(w.sct)
     moved.SetOrigin(tuple(np.array(w.sct.GetOrigin()) + 5.0))
-    with caplog.at_level(logging.WARNING, logger="sctconv.dicom_write"):
+    with caplog.at_level(logging.WARNING, logger="sctconv.io.dicom.write"):
         paths = write_sct_series(moved, tmp_path, w.source, OPTIONS)
     assert "not the source grid" in caplog.text
     ds = pydicom.dcmread(paths[0])
@@ -431,7 +431,7 @@ def test_laterality_position_and_charset(tmp_path: Path, caplog) -> None:
         ds.Laterality = "L"
         ds.save_as(p)
     source = read_dicom_series(tmp_path / "src")
-    with caplog.at_level(logging.WARNING, logger="sctconv.dicom_write"):
+    with caplog.at_level(logging.WARNING, logger="sctconv.io.dicom.write"):
         paths = write_sct_series(sct_from(source), tmp_path / "out", source, OPTIONS)
     assert "no PatientPosition" in caplog.text
     ds = pydicom.dcmread(paths[0])

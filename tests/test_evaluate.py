@@ -1,4 +1,4 @@
-"""Tests of sctconv.evaluate and `sctconv evaluate`: Dice/HD95 per structure, case scoring, the CLI.
+"""Tests of sctconv.evaluation.evaluate and `sctconv evaluate`: Dice/HD95 per structure, case scoring, the CLI.
 
 The HD95 expectations are hand-computed (plates and cubes shifted by known millimetres on
 anisotropic grids) or come from a brute-force reference written here: surface voxels found by
@@ -27,10 +27,12 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from sctconv.errors import SctconvError
-from sctconv.evaluate import dice_hd95, evaluate_case, evaluate_files, find_cases, segmentation_metrics, summarize
-from sctconv.metrics import image_metrics
-from sctconv.model import ModelCard, Normalization, save_model
-from sctconv.network import UNet
+from sctconv.evaluation.evaluate import (dice_hd95, evaluate_case, evaluate_files, find_cases, segmentation_metrics,
+                                         summarize)
+from sctconv.evaluation.image_metrics import image_metrics
+from sctconv.nn.model import ModelCard, save_model
+from sctconv.nn.network import UNet
+from sctconv.preprocessing.normalize import Normalization
 from tests.conftest import TINY
 
 SHAPE = (12, 40, 44)
@@ -140,7 +142,7 @@ def threshold_segmenter(ct: sitk.Image) -> sitk.Image:
 def test_evaluate_case_image_and_segmentation_metrics(caplog):
     ct, sct, mask = make_pair()
     sct.SetOrigin((-20.5, 5.0, 11.0))  # off by 0.5 mm: the CT's geometry is imposed, with a warning
-    with caplog.at_level(logging.WARNING, logger="sctconv.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="sctconv.evaluation.evaluate"):
         result = evaluate_case(sct, ct, mask, threshold_segmenter)
     assert "imposed" in caplog.text
     expected = image_metrics(*arrays(ct, sct, mask))

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.io import read_mask, read_volume
+from sctconv.io.images import read_mask, read_volume
 
 EXAMPLE_MR = Path(__file__).resolve().parents[1] / "examples" / "phantom_mr.nii.gz"
 
@@ -89,7 +89,7 @@ def test_zero_or_negative_voxel_size_is_refused(tmp_path, size):
 
 @pytest.mark.parametrize("value", [0.0, -1000.0, 500.0])
 def test_a_constant_volume_is_refused_even_with_a_mask(tmp_path, tiny_cbct_model, value):
-    from sctconv.pipeline import ConvertOptions, convert
+    from sctconv.convert.pipeline import ConvertOptions, convert
 
     image = sitk.GetImageFromArray(np.full((12, 20, 24), value, np.float32))
     sitk.WriteImage(image, str(tmp_path / "in.nii.gz"))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv import limits, pipeline
+from sctconv.convert import limits, pipeline
 from sctconv.errors import SctconvError
-from sctconv.model import load_model, save_model
-from sctconv.pipeline import ConvertOptions, convert
+from sctconv.nn.model import load_model, save_model
+from sctconv.convert.pipeline import ConvertOptions, convert
 
 
 class Predicted(Exception):

@@ -1,4 +1,4 @@
-"""The automatic body mask (sctconv.mask) on real volumes of ../shared/data.
+"""The automatic body mask (sctconv.preprocessing.body_mask) on real volumes of ../shared/data.
 
 Chest CTs (LIDC-IDRI-0001 at 2 mm, the pyradiomics chest CT at 512 x 512 x 61), as CT and as CBCT
 simulated with a cylindrical field of view that cuts through the chest wall and the lungs: the lungs stay
@@ -15,8 +15,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask, mr_threshold
-from sctconv.simulate import cbct_field_of_view, simulate_cbct
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.preprocessing.body_mask import body_mask, mr_threshold
+from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct
 from tests.conftest import shared_data
 
 LIDC_LUNG_LABELS = (10, 11, 12, 13, 14, 16)  # lung lobes and trachea (totalseg_structures.csv)

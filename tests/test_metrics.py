@@ -1,8 +1,8 @@
-"""Tests of sctconv.metrics against an independent reference of the SynthRAD2025 definitions.
+"""Tests of sctconv.evaluation.image_metrics against an independent reference of the SynthRAD2025 definitions.
 
 How the reference below was made: it was written for this test directly from the official
 evaluation code's definitions (SynthRAD2025/evaluation ``image_metrics.py``, commit 17cac47) and
-shares no code with ``sctconv.metrics``. It follows the official order of operations literally
+shares no code with ``sctconv.evaluation.image_metrics``. It follows the official order of operations literally
 (outside-mask voxels set to -1024 first, MAE as ``sum(|gt*m - pred*m|) / sum(m)``, PSNR on
 ``gt[mask == 1]``, full SSIM maps that are then cropped and masked) but computes the parts
 differently from the module:
@@ -31,7 +31,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 
-from sctconv.metrics import HU_RANGE, bone_dice, image_metrics, mae, ms_ssim, psnr
+from sctconv.evaluation.image_metrics import HU_RANGE, bone_dice, image_metrics, mae, ms_ssim, psnr
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_ct_mr"
 # The acceptance criterion is 1e-4 relative. The two implementations agree to rounding (~1e-15),

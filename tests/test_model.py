@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
+import sctconv
 from sctconv.errors import SctconvError
-from sctconv.model import (WEIGHTS_DIR, Normalization, available_models, canonical_region, load_model, read_card,
-                           resolve_model, save_model)
-from sctconv.predict import OnnxBackend
+from sctconv.nn.model import (SHIPPED_MODELS, available_models, canonical_region, load_model, read_card, resolve_model,
+                              save_model)
+from sctconv.preprocessing.normalize import Normalization
+from sctconv.inference.predict import OnnxBackend
 from tests.conftest import make_tiny_model
 
 
@@ -68,9 +70,9 @@ def test_regions_and_resolution(tmp_path: Path):
 
 
 def test_shipped_models_load_and_document_themselves():
-    found = available_models(WEIGHTS_DIR)
+    found = available_models(SHIPPED_MODELS)
     if not found:
-        pytest.skip("no shipped models in weights/")
+        pytest.skip("no shipped models in sctconv/models/")
     modalities = set()
     for folder, card in found:
         model = load_model(folder)
@@ -90,8 +92,22 @@ def test_shipped_models_load_and_document_themselves():
         else:
             assert card.metrics["mean_dice"] > 0.5 and card.classes[0] == "background"
     assert modalities == {"mr", "cbct", "ct"}
-    assert sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file()) < 100e6
+    committed = (SHIPPED_MODELS, Path(__file__).resolve().parents[1] / "weights")  # shipped, and weights/wip
+    assert sum(f.stat().st_size for folder in committed for f in folder.rglob("*") if f.is_file()) < 100e6
 
+
+
+def test_shipped_models_are_found_through_the_package():
+    """Names and the default choice resolve inside the installed package (sctconv/models/), never in the
+    repository's weights/ (whose wip/ models are named by path only)."""
+    models = Path(sctconv.__file__).resolve().parent / "models"
+    assert SHIPPED_MODELS == models
+    found = available_models()
+    assert found and all(folder.parent == models for folder, _ in found)
+    for modality in ("mr", "cbct"):
+        assert resolve_model(None, modality, None).parent == models
+    name = found[0][0].name
+    assert resolve_model(name, "", None) == models / name
 
 CARD_DAMAGES = {  # issue 9, item 4: each once converted with exit 0 or ended in an unexpected error
     "NaN std": (("target_normalization", "std"), float("nan")),
@@ -156,6 +172,6 @@ def test_saving_weights_removes_the_onnx_file_of_the_old_ones(tmp_path: Path):
 
 
 def test_shipped_onnx_files_are_bound_to_their_weights():
-    shipped = [folder for folder, _ in available_models(WEIGHTS_DIR) if (folder / "model.onnx").is_file()]
+    shipped = [folder for folder, _ in available_models(SHIPPED_MODELS) if (folder / "model.onnx").is_file()]
     for folder in shipped:
         OnnxBackend(load_model(folder), folder / "model.onnx", "cpu")  # refuses a stale or unbound file

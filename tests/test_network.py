@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sctconv.network import Architecture, UNet, count_parameters
+from sctconv.nn.network import Architecture, UNet, count_parameters
 from tests.conftest import TINY
 
 

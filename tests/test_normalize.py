@@ -11,9 +11,9 @@ import SimpleITK as sitk
 import torch
 
 from sctconv.errors import SctconvError
-from sctconv.model import Normalization, load_model, save_model
-from sctconv.normalize import normalize
-from sctconv.pipeline import ConvertOptions, convert
+from sctconv.nn.model import load_model, save_model
+from sctconv.preprocessing.normalize import Normalization, normalize
+from sctconv.convert.pipeline import ConvertOptions, convert
 
 CASE = Normalization("zscore-case")
 HOT = (10, 30, 30)  # inside the phantom's body

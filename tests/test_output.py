@@ -18,13 +18,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-import sctconv.pipeline
-from sctconv import output
-from sctconv.data import discover_cases
-from sctconv.dicom_read import list_series
+import sctconv.convert.pipeline
+from sctconv.io import output_dir as output
+from sctconv.training.data import discover_cases
+from sctconv.io.dicom.read import list_series
 from sctconv.errors import SctconvError
-from sctconv.output import atomic_output_dir
-from sctconv.pipeline import ConvertOptions, convert
+from sctconv.io.output_dir import atomic_output_dir
+from sctconv.convert.pipeline import ConvertOptions, convert
 
 EXAMPLE_MR = Path(__file__).resolve().parents[1] / "examples" / "phantom_mr.nii.gz"
 
@@ -60,13 +60,13 @@ def test_two_concurrent_converts_into_one_folder_one_wins(renameat2, phantom_fil
     if not renameat2:
         monkeypatch.setattr(output, "_RENAMEAT2", None)
     both_staged = threading.Barrier(2, timeout=120)
-    synthesize = sctconv.pipeline.synthesize
+    synthesize = sctconv.convert.pipeline.synthesize
 
     def synthesize_together(*args, **kwargs):
         both_staged.wait()
         return synthesize(*args, **kwargs)
 
-    monkeypatch.setattr(sctconv.pipeline, "synthesize", synthesize_together)
+    monkeypatch.setattr(sctconv.convert.pipeline, "synthesize", synthesize_together)
     out = tmp_path / "outs" / "patient"
     inputs = [phantom_files["mr"], EXAMPLE_MR]
     results: dict[Path, BaseException | None] = {}

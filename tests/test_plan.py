@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from sctconv.data import discover_cases
-from sctconv.prepare import fingerprint_cases
+from sctconv.training.data import discover_cases
+from sctconv.training.prepare import fingerprint_cases
 from sctconv.errors import SctconvError
-from sctconv.network import Architecture, UNet
-from sctconv.plan import activation_elements, load_plan, make_plan, network, topology
-from sctconv.simulate import make_phantom, write_simulated_case
+from sctconv.nn.network import Architecture, UNet
+from sctconv.training.plan import activation_elements, load_plan, make_plan, network, topology
+from sctconv.simulation.simulate import make_phantom, write_simulated_case
 from tests.conftest import TINY
 from tests.test_train import sctconv, synthrad_tree  # noqa: F401 (synthrad_tree is a fixture)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sctconv.errors import SctconvError
-from sctconv.model import load_model
-from sctconv.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device, window_region,
-                             sliding_window, window_starts)
+from sctconv.nn.model import load_model
+from sctconv.inference.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device,
+                                       window_region, sliding_window, window_starts)
 
 
 class Identity:

@@ -15,10 +15,11 @@ import pytest
 import SimpleITK as sitk
 from rich.console import Console
 
-from sctconv import prepare
-from sctconv.data import discover_cases, is_prepared, open_prepared
+from sctconv.training import prepare
+from sctconv.training.data import discover_cases, is_prepared, open_prepared
 from sctconv.errors import SctconvError
-from sctconv.preprocess import to_model_grid
+from sctconv.nn.model import SHIPPED_MODELS
+from sctconv.preprocessing.grid import to_model_grid
 from tests.conftest import simulated_cases
 from tests.test_train import sctconv
 
@@ -52,7 +53,7 @@ def test_a_case_is_read_once_onto_the_model_grid_and_cropped_to_the_body(cbct_ca
                                                           default=float(sitk.GetArrayViewFromImage(image).min())))
         np.testing.assert_array_equal(arrays.input, full_input[box])
     # The fingerprint kept with the cases is the one measured on the raw files.
-    from sctconv.data import fingerprint
+    from sctconv.training.data import fingerprint
 
     assert fingerprint([c.measurement() for c in indexed]) == prepare.fingerprint_cases(cases, "cbct")
 
@@ -148,7 +149,7 @@ def without_imaging_packages(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_stage_1_and_afp_train_from_a_prepared_dataset_without_imaging_packages(cbct_cases, tmp_path):
-    teacher = Path(__file__).parents[1] / "weights" / "ct-teacher-small"
+    teacher = SHIPPED_MODELS / "ct-teacher-small"
     sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(tmp_path / "prep"))
     fast = ["--task", "cbct", "--epochs", "1", "--iterations", "2", "--device", "cpu"]
     without_imaging_packages("train", "--data", str(tmp_path / "prep"), "--output", str(tmp_path / "l1"), *fast)

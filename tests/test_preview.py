@@ -1,4 +1,4 @@
-"""The conversion preview (sctconv.preview): the windows, the file, the speed, and no global side effects."""
+"""The conversion preview (sctconv.convert.preview): the windows, the file, the speed, and no global side effects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.image import imread
 
-from sctconv.preview import WINDOWS, save_preview
+from sctconv.convert.preview import WINDOWS, save_preview
 
 
 def test_windows_are_the_ct_windows_a_physicist_reads():
@@ -25,7 +25,7 @@ import sys, matplotlib
 import numpy as np, SimpleITK as sitk
 raw = lambda: dict.__getitem__(matplotlib.rcParams, "backend")
 before = raw()
-from sctconv.preview import save_preview
+from sctconv.convert.preview import save_preview
 image = sitk.GetImageFromArray(np.zeros((8, 16, 16), np.float32))
 save_preview(image, image, sitk.Cast(image > -1, sitk.sitkUInt8), {str(tmp_path / 'p.png')!r}, "t")
 assert raw() == before, (raw(), before)

@@ -1,4 +1,4 @@
-"""Body-region detection (sctconv.region) on every real volume of ../shared/data, on MRs simulated
+"""Body-region detection (sctconv.preprocessing.region) on every real volume of ../shared/data, on MRs simulated
 from the real CTs, on the procedural phantom, and its place in `sctconv convert`'s report."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.mask import body_mask
-from sctconv.model import CARD_NAME, REGIONS, read_card
-from sctconv.pipeline import ConvertOptions, convert
-from sctconv.region import HEAD_NECK_MIN_MM, detect_region
-from sctconv.simulate import PHANTOM_LABELS, make_phantom, simulate_mr
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.nn.model import CARD_NAME, REGIONS, read_card
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.preprocessing.region import HEAD_NECK_MIN_MM, detect_region
+from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_mr
 from tests.conftest import SHARED_DATA, make_tiny_model, shared_data
 
 # (folder/file under ../shared/data, modality, value offset to HU, expected region)

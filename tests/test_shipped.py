@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
-from sctconv.metrics import mae
-from sctconv.model import WEIGHTS_DIR, available_models
-from sctconv.pipeline import ConvertOptions, convert
-from sctconv.simulate import simulate_cbct, simulate_mr
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.preprocessing.body_mask import body_mask_from_array
+from sctconv.evaluation.image_metrics import mae
+from sctconv.nn.model import SHIPPED_MODELS, available_models
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 from tests.conftest import shared_data
 from tests.test_convert import check_sct_folder, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SHIPPED = {card.modality: card for _, card in available_models(WEIGHTS_DIR) if card.task == "synthesis"}
-needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in weights/")
+SHIPPED = {card.modality: card for _, card in available_models(SHIPPED_MODELS) if card.task == "synthesis"}
+needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in sctconv/models/")
 
 
 @needs_models

@@ -1,4 +1,4 @@
-"""Tests of sctconv.simulate: geometry, determinism and the physical properties of each simulation."""
+"""Tests of sctconv.simulation.simulate: geometry, determinism and the physical properties of each simulation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.simulate import PHANTOM_LABELS, make_phantom, simulate_cbct, simulate_mr, write_simulated_case
+from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_cbct, simulate_mr, write_simulated_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicom_factory as factory  # noqa: E402

@@ -1,11 +1,12 @@
-"""Tests of sctconv.synth_mr: domain randomisation keeps air and cortical bone dark, varies the rest,
+"""Tests of sctconv.simulation.synth_mr: domain randomisation keeps air and cortical bone dark, varies the rest,
 and simulates thick-slice acquisitions."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sctconv.synth_mr import KNOTS_HU, THICK_SLICE_MM, _acquisition_factors, random_contrast, simulate_mr_array
+from sctconv.simulation.synth_mr import (KNOTS_HU, THICK_SLICE_MM, _acquisition_factors, random_contrast,
+                                         simulate_mr_array)
 
 
 def _slab_volume() -> tuple[np.ndarray, np.ndarray]:

@@ -18,14 +18,14 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from sctconv.data import discover_cases, sample_patch, select_regions, CaseArrays
+from sctconv.training.data import discover_cases, sample_patch, select_regions, CaseArrays
 from sctconv.errors import SctconvError
-from sctconv.model import load_model
-from sctconv.pipeline import ConvertOptions, convert
-from sctconv.predict import OnnxBackend
-from sctconv.simulate import make_phantom, write_simulated_case
-from sctconv.teacher import GROUPS, group_totalsegmentator, tissue_labels
-from sctconv.train import bone_weighted_l1, poly_lr, split_cases
+from sctconv.nn.model import load_model
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.inference.predict import OnnxBackend
+from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
+from sctconv.training.train import bone_weighted_l1, poly_lr, split_cases
 from tests.conftest import shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]

@@ -8,13 +8,15 @@
 # (--simulate-input); the CBCT model trains on four simulated CBCTs per training CT.
 # A run that does not fit one session resumes from WORK_DIR/models/*/checkpoint_latest.pt when started
 # again with the same arguments; to continue from the committed weights instead, add
-# --init weights/<model> to the train command (the card then records init_model and init_training).
+# --init sctconv/models/<model> (or weights/wip/<model>) to the train command (the card then records init_model
+# and init_training). The finished models are written into the package, sctconv/models/<name>/.
 set -euo pipefail
 work=${1:?usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]}
 mr_epochs=${2:-20}
 cbct_epochs=${3:-10}
 iterations=${4:-150}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+models=$repo/sctconv/models
 regions=(--region head-neck --region thorax --region abdomen)
 
 python "$repo/weights/collect_cts.py" "$repo/../shared/data" "$work/cts"
@@ -52,9 +54,9 @@ sctconv train --data "$work/cbct/train" --val-data "$work/cbct/heldout" --output
 
 # Shipped with float16 weights and without model.onnx, to keep the repository small.
 for name in mr2ct cbct2ct; do
-    rm -rf "$repo/weights/$name" && mkdir -p "$repo/weights/$name"
-    cp "$work/models/$name/curves.png" "$repo/weights/$name/"
-    python -c "import sys; from pathlib import Path; from sctconv.model import load_model, save_model
+    rm -rf "$models/$name" && mkdir -p "$models/$name"
+    cp "$work/models/$name/curves.png" "$models/$name/"
+    python -c "import sys; from pathlib import Path; from sctconv.nn.model import load_model, save_model
 m = load_model(Path(sys.argv[1])); save_model(Path(sys.argv[2]), m.card, m.network, half=True)" \
-        "$work/models/$name" "$repo/weights/$name"
+        "$work/models/$name" "$models/$name"
 done

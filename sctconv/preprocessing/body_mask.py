@@ -17,10 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.preprocess import image_like
-
-CT_BODY_THRESHOLD_HU = -500.0
-"""Voxels above this value in a CT or CBCT (in HU) are body candidates."""
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.preprocessing.grid import image_like
 
 DEVICE_OPENING_MM = 5.0
 """Radius of the opening that detaches thinner structures (couch shells, headrests, immobilisation

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
+from sctconv.card_numbers import three
 from sctconv.errors import SctconvError
-from sctconv.network import Architecture, UNet
+from sctconv.nn.network import Architecture, UNet
+from sctconv.preprocessing.normalize import Normalization
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-"""Models shipped with the project (one folder per model)."""
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""The models shipped inside the package (one folder per model): what names and the default choice resolve to."""
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,31 +33,6 @@ REGIONS = ("head-neck", "thorax", "abdomen")
 REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen"}
 MODALITIES = ("mr", "cbct")
 TASKS = ("synthesis", "segmentation")
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-"""Inference runs in float32: a card's numbers must stay finite there."""
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def finite_number(value: object, what: str, positive: bool = False) -> float:
-    """``value`` as a float, or an error: a number (not a string or bool), finite in float32, and
-    above zero when ``positive``."""
-    if not _is_number(value) or not math.isfinite(value) or abs(value) > FLOAT32_MAX or (positive and value <= 0):
-        kind = "positive finite number" if positive else "finite number"
-        raise SctconvError(f"{what} must be a {kind}, not {value!r}")
-    return float(value)
-
-
-def three(values: object, what: str, integers: bool) -> tuple:
-    """Three positive finite numbers (z, y, x), as floats, or as ints when ``integers``; else an error."""
-    wrong = (not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) for v in values)
-             or (integers and not all(isinstance(v, numbers.Integral) for v in values)))
-    if wrong or any(not math.isfinite(v) or not 0 < v <= FLOAT32_MAX for v in values):
-        kind = "positive integers" if integers else "positive finite numbers"
-        raise SctconvError(f"{what} must be 3 {kind} (z, y, x), not {values!r}")
-    return tuple(int(v) for v in values) if integers else tuple(float(v) for v in values)
 
 
 def canonical_region(name: str) -> str:
@@ -68,40 +42,6 @@ def canonical_region(name: str) -> str:
     if region not in REGIONS:
         raise SctconvError(f"unknown region {name!r}; use one of {', '.join(REGIONS)} (or HN, TH, AB)")
     return region
-
-
-@dataclass
-class Normalization:
-    """Intensity normalization of a volume.
-
-    ``scheme`` is ``"zscore-case"`` (per-case mean/std over the body, the paper's MRI scheme) or
-    ``"zscore-dataset"`` (clip to ``clip``, then subtract the dataset ``mean`` and divide by
-    ``std``: the paper's CT and CBCT scheme).
-    """
-
-    scheme: str
-    clip: tuple[float, float] | None = None
-    mean: float | None = None
-    std: float | None = None
-
-    def __post_init__(self) -> None:
-        """Refuse what cannot normalize (unknown scheme, a clip that is not low < high, a mean that is
-        not finite, a std that is not positive and finite); numbers become floats, the clip a tuple."""
-        if self.scheme not in ("zscore-case", "zscore-dataset"):
-            raise SctconvError(f"unknown normalization scheme {self.scheme!r}")
-        if self.scheme == "zscore-dataset" and (self.mean is None or self.std is None):
-            raise SctconvError("dataset z-score normalization needs a mean and a std")
-        if self.clip is not None:
-            if not isinstance(self.clip, (list, tuple)) or len(self.clip) != 2:
-                raise SctconvError(f"normalization clip must be [low, high], not {self.clip!r}")
-            low, high = (finite_number(v, "normalization clip") for v in self.clip)
-            if low >= high:
-                raise SctconvError(f"normalization clip must be [low, high] with low < high, not {self.clip!r}")
-            self.clip = (low, high)
-        if self.mean is not None:
-            self.mean = finite_number(self.mean, "normalization mean")
-        if self.std is not None:
-            self.std = finite_number(self.std, "normalization std", positive=True)
 
 
 @dataclass
@@ -266,7 +206,7 @@ def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bo
     (folder / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 
 
-def available_models(directory: Path = WEIGHTS_DIR) -> list[tuple[Path, ModelCard]]:
+def available_models(directory: Path = SHIPPED_MODELS) -> list[tuple[Path, ModelCard]]:
     """(folder, card) of each model in ``directory``, sorted by folder name."""
     if not directory.is_dir():
         return []
@@ -274,7 +214,7 @@ def available_models(directory: Path = WEIGHTS_DIR) -> list[tuple[Path, ModelCar
 
 
 def resolve_model(name_or_path: str | None, modality: str, region: str | None,
-                  directory: Path = WEIGHTS_DIR) -> Path:
+                  directory: Path = SHIPPED_MODELS) -> Path:
     """The folder of the model to use.
 
     ``name_or_path`` may be a model folder or the name of a shipped model. When it is None, the

@@ -23,9 +23,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from sctconv.dicom_read import SourceSeries, int_or_none
+from sctconv.io.dicom.read import SourceSeries, int_or_none
 from sctconv.errors import SctconvError
-from sctconv.normalize import HU_MAX, HU_MIN
+from sctconv.hu import HU_MAX, HU_MIN
 
 log = logging.getLogger(__name__)
 

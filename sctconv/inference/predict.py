@@ -23,9 +23,9 @@ import torch
 from rich.progress import Progress
 
 from sctconv.errors import SctconvError
-from sctconv.model import WEIGHTS_NAME, Model, ModelCard
-from sctconv.network import UNet
-from sctconv.normalize import air_value
+from sctconv.nn.model import WEIGHTS_NAME, Model, ModelCard
+from sctconv.nn.network import UNet
+from sctconv.preprocessing.normalize import air_value
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -8,9 +8,9 @@ import math
 import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.model import ModelCard
-from sctconv.predict import window_count
-from sctconv.preprocess import model_grid_size
+from sctconv.nn.model import ModelCard
+from sctconv.inference.predict import window_count
+from sctconv.preprocessing.grid import model_grid_size
 
 MAX_EXTENT_MM = 2000.0
 """No body is longer: a whole-body CT spans up to about 1.9 m."""

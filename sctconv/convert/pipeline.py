@@ -1,7 +1,7 @@
 """The conversion pipeline: read -> mask -> normalize -> predict -> back to HU -> write.
 
-:func:`synthesize` is the pure core (an image in, an sCT on the same grid out) that training's
-validation reuses; :func:`convert` wraps it with reading, writing, the report and atomic output.
+:func:`convert` wraps the inference core (:func:`sctconv.inference.synthesize.synthesize`: an image in, an sCT
+on the same grid out) with reading, writing, the report and atomic output.
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from pydicom.dataset import Dataset
 from rich.progress import Progress
 
 from sctconv import __version__
-from sctconv.dicom_read import is_dicom_path, read_series_header
-from sctconv.dicom_write import SeriesOptions, write_sct_series
+from sctconv.io.dicom.read import is_dicom_path, read_series_header
+from sctconv.io.dicom.write import SeriesOptions, write_sct_series
 from sctconv.errors import SctconvError
-from sctconv.io import InputVolume, read_mask, read_volume, write_image
-from sctconv.limits import check_input_size, check_step, check_workload
-from sctconv.mask import body_mask
-from sctconv.output import atomic_output_dir, check_output_dir
-from sctconv.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
-from sctconv.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
-                             predict_body, resolve_device)
-from sctconv.normalize import HU_MAX, HU_MIN, denormalize_ct, normalize, require_finite
-from sctconv.preprocess import check_voxels, image_like, to_input_grid, to_model_grid
-from sctconv.preview import save_preview
-from sctconv.region import detect_region
+from sctconv.io.images import InputVolume, read_mask, read_volume, write_image
+from sctconv.convert.limits import check_input_size, check_step, check_workload
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.io.output_dir import atomic_output_dir, check_output_dir
+from sctconv.nn.model import MODALITIES, ONNX_NAME, Model, ModelCard, canonical_region, load_model, resolve_model
+from sctconv.inference.predict import (Backend, OnnxBackend, TorchBackend, check_window_settings, export_onnx,
+                                       resolve_device)
+from sctconv.inference.synthesize import synthesize
+from sctconv.preprocessing.grid import check_voxels
+from sctconv.convert.preview import save_preview
+from sctconv.preprocessing.region import detect_region
 
 BACKENDS = ("torch", "onnx")
 
@@ -46,7 +46,7 @@ class ConvertOptions:
     mask: Path | None = None
     series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
     allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
-    allow_large: bool = False  # run past the size guards of sctconv.limits
+    allow_large: bool = False  # run past the size guards of sctconv.convert.limits
     like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
     step: float = 0.3
     blend: str = "mean"
@@ -84,28 +84,6 @@ def choose_modality(volume: InputVolume, asked: str | None, model_card: ModelCar
     if model_card:
         return model_card.modality, f"model {model_card.name}"
     return guess_modality(volume.image), "guessed from the intensities (set --modality to be sure)"
-
-
-def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.Image, step: float = 0.3,
-               blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> sitk.Image:
-    """sCT in HU on exactly ``image``'s grid: -1024 outside ``mask``, clipped to [-1024, 3071]."""
-    grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
-    grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
-    x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
-                  card.input_normalization)
-    y = predict_body(x, sitk.GetArrayViewFromImage(grid_mask), backend, card, step, blend, batch_size, progress)[0]
-    require_finite(y, f"the output of model {card.name}")
-    if card.architecture.residual_output:
-        # The network's output is its input plus a correction: the correction (HU) is brought to the
-        # input's own grid and added there, so detail finer than the model grid is kept.
-        correction = image_like((y - x) * np.float32(card.target_normalization.std or 1.0), grid)
-        source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
-        sct = source + sitk.GetArrayFromImage(to_input_grid(correction, image, 0.0))
-    else:
-        hu = image_like(denormalize_ct(y, card.target_normalization), grid)
-        sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
-    sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
-    return image_like(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32), image)
 
 
 def read_like(input_path: Path, options: ConvertOptions) -> Dataset | None:

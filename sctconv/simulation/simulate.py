@@ -17,12 +17,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io import read_label_map, read_volume, write_image
-from sctconv.normalize import HU_MAX, HU_MIN
-from sctconv.output import atomic_output_dir, check_output_dir
-from sctconv.mask import CT_BODY_THRESHOLD_HU, body_mask_from_array
-from sctconv.preprocess import image_like
-from sctconv.synth_mr import simulate_mr_array, smooth_noise
+from sctconv.io.images import read_label_map, read_volume, write_image
+from sctconv.hu import CT_BODY_THRESHOLD_HU, HU_MAX, HU_MIN
+from sctconv.io.output_dir import atomic_output_dir, check_output_dir
+from sctconv.preprocessing.body_mask import body_mask_from_array
+from sctconv.preprocessing.grid import image_like
+from sctconv.simulation.synth_mr import simulate_mr_array, smooth_noise
 
 PHANTOM_LABELS: dict[str, int] = {
     "background": 0,
@@ -50,7 +50,7 @@ def _as_float_array(image: sitk.Image) -> np.ndarray:
 def simulate_mr(ct: sitk.Image, rng: np.random.Generator, labels: sitk.Image | None = None) -> sitk.Image:
     """Domain-randomised MR-like volume (float32, arbitrary positive scale) on the grid of ``ct`` (HU).
 
-    See :mod:`sctconv.synth_mr`: a new random contrast per call, with air and cortical bone dark,
+    See :mod:`sctconv.simulation.synth_mr`: a new random contrast per call, with air and cortical bone dark,
     bias field, thick slices and Rician noise; outside the body the signal is zero plus noise.
     ``labels`` (integer map on the same grid) is an optional hint: every label value > 0 gets its
     own random intensity factor and counts as body.

@@ -12,8 +12,8 @@ Three stages share the loop and differ only in their data target and loss:
   maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
 
 Sizes (architecture, spacing, patch, batch) come from a preset or from a plan of `sctconv plan`
-(:mod:`sctconv.plan`). The data are raw case folders, read once into the cache (a prepared
-dataset, :mod:`sctconv.prepare`), or a prepared dataset itself, which needs neither the raw images
+(:mod:`sctconv.training.plan`). The data are raw case folders, read once into the cache (a prepared
+dataset, :mod:`sctconv.training.prepare`), or a prepared dataset itself, which needs neither the raw images
 nor SimpleITK. The held-out cases are 20% of the data, fold K of a 5-fold split, or a separate
 folder; the split is written to ``split.json``.
 
@@ -45,17 +45,18 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sctconv.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint, is_prepared,
-                          open_prepared, sample_patch, select_regions, simulated_case_arrays)
+from sctconv.training.data import (Case, CaseArrays, PreparedCase, case_arrays, discover_cases, fingerprint,
+                                   is_prepared, open_prepared, sample_patch, select_regions, simulated_case_arrays)
 from sctconv.errors import SctconvError
-from sctconv.metrics import BONE_HU, bone_dice, image_metrics, mae
-from sctconv.model import ONNX_NAME, Model, ModelCard, Normalization, load_model, save_model
-from sctconv.network import Architecture, UNet, count_parameters
-from sctconv.plan import load_plan
-from sctconv.normalize import HU_MAX, HU_MIN, ct_value, denormalize_ct, normalize
-from sctconv.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
-from sctconv.curves import save_curves
-from sctconv.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
+from sctconv.evaluation.image_metrics import bone_dice, image_metrics, mae
+from sctconv.nn.model import ONNX_NAME, Model, ModelCard, load_model, save_model
+from sctconv.nn.network import Architecture, UNet, count_parameters
+from sctconv.training.plan import load_plan
+from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
+from sctconv.preprocessing.normalize import Normalization, ct_value, denormalize_ct, normalize
+from sctconv.inference.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
+from sctconv.training.curves import save_curves
+from sctconv.nn.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
 PRESETS: dict[str, dict] = {
     # Small enough to train and run on a laptop CPU; the shipped models use it.
@@ -97,7 +98,7 @@ class TrainConfig:
     init: Path | None = None  # afp: the stage-1 model folder to fine-tune
     teacher: Path | None = None  # afp: the segmentation model folder
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
-    bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above metrics.BONE_HU
+    bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above hu.BONE_HU
     val_data: Path | None = None
     val_fraction: float = 0.2
     fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``
@@ -203,7 +204,7 @@ def prepare_cases(cases: list[Case] | list[PreparedCase], task: str, spacing: tu
     """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones as they are."""
     if not cases or isinstance(cases[0], PreparedCase):
         return list(cases)
-    from sctconv.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
+    from sctconv.training.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
 
     return prepare_dataset(cases, task, spacing, folder, console, index)
 
@@ -656,8 +657,8 @@ def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,
     """CT, sCT, mask and input of a raw case on its own grid, the sCT made as `sctconv convert` does."""
     import SimpleITK as sitk  # reading raw images; a prepared dataset trains without SimpleITK
 
-    from sctconv.pipeline import synthesize
-    from sctconv.prepare import load_case_hu
+    from sctconv.inference.synthesize import synthesize
+    from sctconv.training.prepare import load_case_hu
 
     image, ct, mask = load_case_hu(case, modality)
     sct = synthesize(card, backend, image, mask)

@@ -6,17 +6,51 @@ z-score, as the model card records it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from sctconv.card_numbers import finite_number
 from sctconv.errors import SctconvError
-from sctconv.model import Normalization
-
-HU_MIN, HU_MAX = -1024.0, 3071.0
-"""The CT range of the paper and of the SynthRAD2025 evaluation."""
+from sctconv.hu import HU_MAX, HU_MIN
 
 OUTLIER_FENCE = 5.0
 """A value further than this many times the 0.5-99.5 percentile range beyond that range (inside the
 body) is an outlier: real MRs stay within 0.7 times it, a single hot voxel of 3e38 does not."""
+
+
+@dataclass
+class Normalization:
+    """Intensity normalization of a volume.
+
+    ``scheme`` is ``"zscore-case"`` (per-case mean/std over the body, the paper's MRI scheme) or
+    ``"zscore-dataset"`` (clip to ``clip``, then subtract the dataset ``mean`` and divide by
+    ``std``: the paper's CT and CBCT scheme).
+    """
+
+    scheme: str
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot normalize (unknown scheme, a clip that is not low < high, a mean that is
+        not finite, a std that is not positive and finite); numbers become floats, the clip a tuple."""
+        if self.scheme not in ("zscore-case", "zscore-dataset"):
+            raise SctconvError(f"unknown normalization scheme {self.scheme!r}")
+        if self.scheme == "zscore-dataset" and (self.mean is None or self.std is None):
+            raise SctconvError("dataset z-score normalization needs a mean and a std")
+        if self.clip is not None:
+            if not isinstance(self.clip, (list, tuple)) or len(self.clip) != 2:
+                raise SctconvError(f"normalization clip must be [low, high], not {self.clip!r}")
+            low, high = (finite_number(v, "normalization clip") for v in self.clip)
+            if low >= high:
+                raise SctconvError(f"normalization clip must be [low, high] with low < high, not {self.clip!r}")
+            self.clip = (low, high)
+        if self.mean is not None:
+            self.mean = finite_number(self.mean, "normalization mean")
+        if self.std is not None:
+            self.std = finite_number(self.std, "normalization std", positive=True)
 
 
 def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Scoring synthetic CTs the way the SynthRAD2025 challenge does.
 
-Image metrics (MAE, PSNR, MS-SSIM) are those of :mod:`sctconv.metrics`. Segmentation metrics follow
+Image metrics (MAE, PSNR, MS-SSIM) are those of :mod:`sctconv.evaluation.image_metrics`. Segmentation metrics follow
 the official ``segmentation_metrics.py`` (SynthRAD2025/evaluation, commit 921b42b), which feeds one
 binary mask per structure to MONAI's ``DiceMetric`` and ``HausdorffDistanceMetric(percentile=95)``
 with the CT's voxel spacing:
@@ -43,15 +43,16 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.files import find_image, folders_with
-from sctconv.io import read_volume
-from sctconv.mask import body_mask
-from sctconv.metrics import image_metrics
-from sctconv.nnunet import NnUNetTeacher
-from sctconv.normalize import HU_MIN, normalize
-from sctconv.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocess import image_like, to_model_grid
-from sctconv.teacher import Teacher, load_teacher
+from sctconv.io.files import find_image, folders_with
+from sctconv.io.images import read_volume
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.evaluation.image_metrics import image_metrics
+from sctconv.nn.nnunet import NnUNetTeacher
+from sctconv.hu import HU_MIN
+from sctconv.preprocessing.normalize import normalize
+from sctconv.inference.predict import TorchBackend, resolve_device, sliding_window
+from sctconv.preprocessing.grid import image_like, to_model_grid
+from sctconv.nn.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 Each case is read once: its fingerprint is measured on its own grid, then the input, the CT (HU,
 clipped to [-1024, 3071]), the body mask and the label map are put on the model grid by the
-inference path's own :func:`sctconv.preprocess.to_model_grid` and cropped to the body's bounding
-box widened by :data:`CROP_MARGIN_MM` (:mod:`sctconv.data` describes the result). A case file is
+inference path's own :func:`sctconv.preprocessing.grid.to_model_grid` and cropped to the body's bounding
+box widened by :data:`CROP_MARGIN_MM` (:mod:`sctconv.training.data` describes the result). A case file is
 named by a hash of the raw files' paths, sizes and modification times and of the spacing, so a
 later run (a resume, another stage, a second process) reuses it instead of reading the images
 again; a damaged one is prepared again.
@@ -22,13 +22,13 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from sctconv.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays,
-                          PreparedCase, fingerprint, read_index, save_prepared_case, write_dataset_index)
+from sctconv.training.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays,
+                                   PreparedCase, fingerprint, read_index, save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
-from sctconv.io import read_label_map, read_mask, read_volume
-from sctconv.mask import body_mask
-from sctconv.normalize import HU_MAX, HU_MIN
-from sctconv.preprocess import check_voxels, to_model_grid
+from sctconv.io.images import read_label_map, read_mask, read_volume
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.hu import HU_MAX, HU_MIN
+from sctconv.preprocessing.grid import check_voxels, to_model_grid
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def measure(case: Case, modality: str, image: sitk.Image, ct: sitk.Image, mask: 
 
 
 def fingerprint_cases(cases: list[Case], modality: str) -> dict:
-    """The fingerprint (:func:`sctconv.data.fingerprint`) of raw cases, without preparing them."""
+    """The fingerprint (:func:`sctconv.training.data.fingerprint`) of raw cases, without preparing them."""
     return fingerprint([measure(case, modality, *load_case_hu(case, modality)) for case in cases])
 
 
@@ -125,7 +125,7 @@ def grouped_labels(case: Case, ct: sitk.Image, spacing: tuple[float, float, floa
                                                   sitk.sitkNearestNeighbor))[box]
     if labels.max() > 255:
         raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be "
-                           "the grouped values (sctconv.teacher.group_totalsegmentator)")
+                           "the grouped values (sctconv.nn.teacher.group_totalsegmentator)")
     return labels.astype(np.uint8)
 
 

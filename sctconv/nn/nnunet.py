@@ -33,7 +33,7 @@ mean/std. nnU-Net transposes arrays by ``transpose_forward`` and states ``spacin
 size and divisor here are in sctconv's (z, y, x) order and AFP patches enter as they are.
 
 Orientation. nnU-Net feeds SimpleITK's (z, y, x) array in the file's own voxel order, without
-reorienting; :func:`sctconv.evaluate.segment` reorients to LPS first, as sctconv does for every network
+reorienting; :func:`sctconv.evaluation.evaluate.segment` reorients to LPS first, as sctconv does for every network
 (and as the AFP patches are). For images stored in LPS order (identity direction: SynthRAD2025
 ``.mha`` files, DICOM series of axial scans) reorienting is a no-op, so the network sees what
 nnU-Net would feed it; for other storage orders the teacher sees LPS, the order of those training
@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.model import Normalization
+from sctconv.preprocessing.normalize import Normalization
 
 PLANS_NAME = "plans.json"
 DATASET_NAME = "dataset.json"
@@ -148,7 +148,7 @@ class NnUNetModel:
 
 @dataclass
 class NnUNetTeacher:
-    """A frozen nnU-Net model with the interface of :class:`sctconv.teacher.Teacher`."""
+    """A frozen nnU-Net model with the interface of :class:`sctconv.nn.teacher.Teacher`."""
 
     model: NnUNetModel
 

@@ -39,7 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from sctconv.errors import SctconvError
-from sctconv.output import is_staging_name
+from sctconv.io.output_dir import is_staging_name
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sctconv.output import is_staging_name
+from sctconv.io.output_dir import is_staging_name
 
 IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mhd")
 """Image file suffixes, in the order they are looked for (SynthRAD2025's .mha first)."""

@@ -9,7 +9,7 @@ Two layouts of raw cases are understood, both searched recursively under the dat
 A case's region is known when the data folder or a folder between it and the case is named HN, TH
 or AB; :func:`select_regions` keeps the cases of the wanted regions and those of unknown region.
 
-Raw cases are read once (:mod:`sctconv.prepare`) into a *prepared dataset*: a folder with
+Raw cases are read once (:mod:`sctconv.training.prepare`) into a *prepared dataset*: a folder with
 ``dataset.json`` and one ``.npz`` per case holding the input and the CT (HU) on the model's grid,
 cropped to the body with a margin of air, with the body mask, the label map when there is one, and the case's
 fingerprint (spacing, shape and foreground intensity sums and samples on its own grid). A
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from sctconv.errors import SctconvError
-from sctconv.files import find_image, folders_with
-from sctconv.model import REGION_ALIASES, ModelCard
-from sctconv.normalize import HU_MIN, normalize
-from sctconv.synth_mr import simulate_mr_array
-from sctconv.teacher import GROUPS, tissue_labels
+from sctconv.io.files import find_image, folders_with
+from sctconv.nn.model import REGION_ALIASES, ModelCard
+from sctconv.hu import HU_MIN
+from sctconv.preprocessing.normalize import normalize
+from sctconv.simulation.synth_mr import simulate_mr_array
+from sctconv.nn.teacher import GROUPS, tissue_labels
 
 PREPARED_FORMAT = "sctconv-prepared"
 PREPARED_VERSION = 2
@@ -285,7 +286,7 @@ def case_arrays(case: PreparedCase, card: ModelCard) -> CaseArrays:
             if arrays.labels.max() >= len(GROUPS):
                 raise SctconvError(f"case {case.name}: label {int(arrays.labels.max())}; labels must be the "
                                    f"{len(GROUPS)} groups 0..{len(GROUPS) - 1} "
-                                   "(sctconv.teacher.group_totalsegmentator)")
+                                   "(sctconv.nn.teacher.group_totalsegmentator)")
             y = arrays.labels.astype(np.uint8)
         else:
             y = tissue_labels(arrays.ct, arrays.mask)
@@ -299,7 +300,7 @@ def case_arrays(case: PreparedCase, card: ModelCard) -> CaseArrays:
 
 def simulated_case_arrays(name: str, arrays: PreparedArrays, card: ModelCard,
                           rng: np.random.Generator) -> CaseArrays:
-    """A CT-only case with a new domain-randomised MR as its input (:mod:`sctconv.synth_mr`), both
+    """A CT-only case with a new domain-randomised MR as its input (:mod:`sctconv.simulation.synth_mr`), both
     normalized as inference does; the CT outside the body becomes air, as an MR shows nothing there
     (no couch or headrest to invent)."""
     body = arrays.mask > 0

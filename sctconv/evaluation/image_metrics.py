@@ -24,7 +24,9 @@ import math
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-HU_RANGE = (-1024.0, 3071.0)
+from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
+
+HU_RANGE = (HU_MIN, HU_MAX)
 
 _DATA_RANGE = HU_RANGE[1] - HU_RANGE[0]
 _LEVEL_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -150,10 +152,6 @@ def ms_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
             x, y = _downsample(x), _downsample(y)
             inside = inside[::2, ::2, ::2]
     return float(result)
-
-
-BONE_HU = 250.0
-"""Bone for :func:`bone_dice`: above this value in the CT and in the sCT."""
 
 
 def bone_dice(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:

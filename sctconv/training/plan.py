@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sctconv.errors import SctconvError
-from sctconv.network import Architecture, UNet, count_parameters
+from sctconv.nn.network import Architecture, UNet, count_parameters
 
 PLAN_FORMAT = "sctconv-plan"
 WIDTHS = ("paper", "small")
@@ -119,7 +119,7 @@ def network(width: str, strides: list[Shape], kernels: list[Shape]) -> Architect
 
 
 def activation_elements(arch: Architecture, patch: Shape) -> int:
-    """Elements output by all convolutions of :class:`~sctconv.network.UNet` for one ``patch``.
+    """Elements output by all convolutions of :class:`~sctconv.nn.network.UNet` for one ``patch``.
 
     Stage i works on ``V_i`` voxels (the patch divided by the strides so far) with ``f_i`` features.
     Residual: the stem (f_0 V_0), two convs per block, one more for the first block's projection

@@ -6,7 +6,7 @@ muscles, bones, ribs, vertebrae); :func:`group_totalsegmentator` maps TotalSegme
 onto them. Without label maps, :func:`tissue_labels` derives HU tissue classes from the CT itself,
 which is what the shipped teacher is trained on. A teacher is an ordinary sctconv model folder
 whose card has ``task: "segmentation"`` and one class name per output channel, or an nnU-Net v2
-trained model (:mod:`sctconv.nnunet`).
+trained model (:mod:`sctconv.nn.nnunet`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.model import Model, Normalization, load_model
-from sctconv.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
+from sctconv.nn.model import Model, load_model
+from sctconv.nn.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
+from sctconv.preprocessing.normalize import Normalization
 
 TISSUE_CLASSES = ("background", "air_lung", "fat", "soft_tissue", "bone")
 TISSUE_EDGES_HU = (-400.0, -30.0, 180.0)

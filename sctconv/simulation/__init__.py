@@ -1,0 +1,1 @@
+"""Paired data without patients: MR and CBCT simulated from a CT, and a procedural CT phantom."""
