@@ -387,6 +387,8 @@ def train_command(
     afp_l1_weight: Annotated[float, typer.Option(help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
     bone_weight: Annotated[float, typer.Option(help="l1: extra L1 weight on bone (CT above 250 HU); 4 makes a bone "
                                                     "voxel count 5 times.")] = 0.0,
+    bone_fraction: Annotated[float, typer.Option(help="Share of the patches centred on a bone voxel of the CT "
+                                                      "(taken from the 2/3 centred in the body).")] = 0.0,
     name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="small (the default), cpu (11 M, 2 mm; the shipped models) or "
                                                        "paper (~122 M parameters).")] = None,
@@ -426,8 +428,8 @@ def train_command(
         raise SctconvError(f"--stage must be l1 or afp, not {stage!r} (teachers: sctconv train-teacher)")
     _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
                   stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
-                  bone_weight=bone_weight, val_data=val_data, fold=fold, folds=folds, epochs=epochs, iterations=iterations,
-                  batch_size=batch_size,
+                  bone_weight=bone_weight, bone_fraction=bone_fraction, val_data=val_data, fold=fold, folds=folds,
+                  epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
                   seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16,
                   description=description)

@@ -25,7 +25,7 @@ from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.inference.predict import OnnxBackend
 from sctconv.simulation.simulate import make_phantom, write_simulated_case
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
-from sctconv.training.train import bone_weighted_l1, poly_lr, split_cases
+from sctconv.training.train import TrainConfig, bone_weighted_l1, patch_centres, poly_lr, split_cases
 from tests.conftest import shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
@@ -118,10 +118,22 @@ def test_patches_are_centred_in_the_body_and_padded():
     mask[4:6, 8:12, 8:12] = 1
     case = CaseArrays("c", np.arange(4000, dtype=np.float32).reshape(10, 20, 20), np.zeros((10, 20, 20), np.float32), mask)
     for _ in range(20):
-        x, y, m = sample_patch(case, (8, 8, 8), rng, foreground=True)
+        x, y, m = sample_patch(case, (8, 8, 8), rng, case.body_voxels)
         assert x.shape == (8, 8, 8) and m.any()
-    x, _, _ = sample_patch(case, (16, 32, 32), rng, foreground=False)
+    x, _, _ = sample_patch(case, (16, 32, 32), rng, None)
     assert x.shape == (16, 32, 32) and x[-1, -1, -1] == 0.0
+
+
+def test_patches_centre_on_bone_then_body_then_anywhere(tmp_path):
+    mask = np.zeros((10, 20, 20), np.uint8)
+    mask[2:8, 5:15, 5:15] = 1
+    case = CaseArrays("c", np.zeros((10, 20, 20), np.float32), np.zeros((10, 20, 20), np.float32), mask)
+    config = TrainConfig(data=tmp_path, out=tmp_path, modality="mr", name="m", regions=["thorax"], bone_fraction=0.3)
+    bone = {"c": np.array([7, 9])}
+    assert patch_centres(case, 0.1, config, bone).tolist() == [7, 9]
+    assert patch_centres(case, 0.5, config, bone) is case.body_voxels
+    assert patch_centres(case, 0.9, config, bone) is None
+    assert patch_centres(case, 0.1, config, {"c": np.array([], int)}) is case.body_voxels
 
 
 def test_tissue_labels_and_totalsegmentator_grouping():

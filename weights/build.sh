@@ -38,7 +38,7 @@ done
 
 mr_about="MRI -> CT, head-neck, thorax, abdomen. Inputs made anew during training from real CTs by sctconv's \
 domain-randomised MR simulator (synth_mr: per-tissue contrasts of T1, T2, PD and Dixon-like orderings, bone and air \
-both dark in many samples, bias field, noise, 3-7 mm slices). L1 with bone (CT above 250 HU) weighted 3x. \
+both dark in many samples, bias field, noise, 3-7 mm slices). L1 with bone (CT above 250 HU) weighted 3x, a third of the patches centred on bone. \
 Research use only; not a medical device."
 cbct_about="CBCT -> CT as a correction added to the CBCT on its own grid. Four simulated kV CBCTs per real CT \
 (sctconv simulate): HU scale x0.85-1.15, offset +-120 HU, nonlinearity +-80 HU (Giacometti et al., Phys Med \
@@ -47,7 +47,7 @@ bone and metal, rings, noise 15-60 HU, truncated cylindrical field of view 125-2
 not a medical device."
 sctconv train --data "$work/cts/train" --val-data "$work/mr/heldout" --output "$work/models/mr2ct" --task mr \
     "${regions[@]}" --preset cpu --epochs "$mr_epochs" --iterations "$iterations" --val-every 5 \
-    --simulate-input --bone-weight 2 --bf16 --device cpu --description "$mr_about"
+    --simulate-input --bone-weight 2 --bone-fraction 0.33 --bf16 --device cpu --description "$mr_about"
 sctconv train --data "$work/cbct/train" --val-data "$work/cbct/heldout" --output "$work/models/cbct2ct" \
     --task cbct "${regions[@]}" --preset cpu --epochs "$cbct_epochs" --iterations "$iterations" --val-every 5 \
     --bf16 --device cpu --description "$cbct_about"

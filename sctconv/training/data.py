@@ -312,16 +312,17 @@ def simulated_case_arrays(name: str, arrays: PreparedArrays, card: ModelCard,
 
 
 def sample_patch(case: CaseArrays, patch: tuple[int, int, int], rng: np.random.Generator,
-                 foreground: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A random (x, y, mask) patch; centred on a body voxel when ``foreground``.
+                 centres: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random (x, y, mask) patch; centred on one of ``centres`` (flat voxel indices, e.g. the case's
+    ``body_voxels``) when they are given and not empty, anywhere otherwise.
 
     Volumes smaller than the patch are padded like inference does (input with its minimum, CT with
     the normalized value of air).
     """
     shape = np.array(case.x.shape)
     size = np.array(patch)
-    if foreground and case.body_voxels.size:
-        index = case.body_voxels[rng.integers(case.body_voxels.size)]
+    if centres is not None and centres.size:
+        index = centres[rng.integers(centres.size)]
         centre = np.array(np.unravel_index(index, case.mask.shape))
         start = centre - size // 2
     else:

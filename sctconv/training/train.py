@@ -99,6 +99,7 @@ class TrainConfig:
     teacher: Path | None = None  # afp: the segmentation model folder
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
     bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above hu.BONE_HU
+    bone_fraction: float = 0.0  # synthesis: share of patches centred on a bone voxel (out of foreground_fraction)
     val_data: Path | None = None
     val_fraction: float = 0.2
     fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``
@@ -149,6 +150,16 @@ def bone_weighted_l1(output: torch.Tensor, target: torch.Tensor, bone_level: flo
         return F.l1_loss(output, target)
     weights = 1.0 + weight * (target > bone_level).float()
     return ((output - target).abs() * weights).sum() / weights.sum()
+
+
+def patch_centres(case: CaseArrays, draw: float, config: TrainConfig,
+                  bone_voxels: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Where a patch of ``case`` is centred for a uniform ``draw``: on bone (``bone_fraction`` of the
+    patches; in the body when the case has none), in the body (the rest of ``foreground_fraction``) or
+    anywhere."""
+    if draw < config.bone_fraction and bone_voxels[case.name].size:
+        return bone_voxels[case.name]
+    return case.body_voxels if draw < config.foreground_fraction else None
 
 
 def poly_lr(initial: float, step: int, total: int, exponent: float = 0.9) -> float:
@@ -380,6 +391,10 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         raise SctconvError("--teacher belongs to --stage afp")
     if config.bone_weight and (config.stage != "l1" or config.bone_weight < 0):
         raise SctconvError("--bone-weight is an extra L1 weight of stage l1; it cannot be negative")
+    if not 0 <= config.bone_fraction <= config.foreground_fraction or (config.bone_fraction
+                                                                        and config.stage == "teacher"):
+        raise SctconvError("--bone-fraction is a share of a synthesis model's body-centred patches (0 to "
+                           f"{config.foreground_fraction})")
     if config.stage == "teacher" and config.init:
         raise SctconvError("--init continues a synthesis model (--stage l1) or fine-tunes one (--stage afp)")
     if config.simulate_input and (config.modality != "mr" or not config.val_data):
@@ -454,6 +469,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
         afp = AFPLoss(teacher, card.target_normalization, config.afp_l1_weight)
 
     bone_level = ct_value(BONE_HU, card.target_normalization)
+    bone_voxels = {a.name: np.flatnonzero(a.y > bone_level) for a in train_arrays} if config.bone_fraction else {}
 
     def loss_of(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if config.stage == "afp":
@@ -505,7 +521,7 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 picks = [train_arrays[i] for i in rng.integers(len(train_arrays), size=batch_size)]
-                patches = [sample_patch(c, card.patch_size, rng, rng.random() < config.foreground_fraction)
+                patches = [sample_patch(c, card.patch_size, rng, patch_centres(c, rng.random(), config, bone_voxels))
                            for c in picks]
                 x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device,
                                                                                   memory_format=memory_format)
