@@ -54,7 +54,8 @@ from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.training.plan import load_plan
 from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
 from sctconv.preprocessing.normalize import Normalization, ct_value, denormalize_ct, normalize
-from sctconv.inference.predict import TorchBackend, export_onnx, predict_body, resolve_device, sliding_window
+from sctconv.inference.predict import (TorchBackend, cudnn_benchmark, export_onnx, predict_body, resolve_device,
+                                      sliding_window)
 from sctconv.training.curves import save_curves
 from sctconv.nn.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
 
@@ -410,7 +411,8 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         raise SctconvError("--epochs, --iterations and --val-every must be at least 1")
     ranks = start_ranks(config.device)
     try:
-        return run_stage(config, ranks, (console or Console()) if ranks.main else Console(quiet=True))
+        with cudnn_benchmark(ranks.device.startswith("cuda")):  # patches of one size, as nnU-Net
+            return run_stage(config, ranks, (console or Console()) if ranks.main else Console(quiet=True))
     finally:
         if ranks.world > 1:
             dist.destroy_process_group()
@@ -486,7 +488,6 @@ def run_stage(config: TrainConfig, ranks: Ranks, console: Console) -> Path:
     if bf16:  # oneDNN's fast bf16 convolutions want channels-last 3D tensors
         network.to(memory_format=torch.channels_last_3d)
     memory_format = torch.channels_last_3d if bf16 else torch.contiguous_format
-    torch.backends.cudnn.benchmark = use_amp  # patches of one size: cuDNN may pick its fastest kernels (as nnU-Net)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, history = 0, []
     if state is not None:
