@@ -43,6 +43,7 @@ def test_convert_writes_sct_on_the_exact_input_grid(modality, phantom_files, tin
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # exports to ONNX
 def test_onnx_and_torch_backends_agree_within_1_hu(phantom_files, tiny_mr_model, tmp_path):
     a = convert(phantom_files["mr"], tmp_path / "torch", ConvertOptions(model=str(tiny_mr_model), dicom=False,
                                                                        preview=False))
@@ -61,6 +62,7 @@ def export(folder: Path) -> bytes:
     return (folder / "model.onnx").read_bytes()
 
 
+@pytest.mark.slow  # exports two models to ONNX
 def test_a_stale_or_unbound_model_onnx_is_refused_and_the_report_hashes_what_ran(phantom_files, tiny_mr_model,
                                                                                   tmp_path):
     own = export(tiny_mr_model)

@@ -314,6 +314,9 @@ REAL_OUTCOMES: dict[str, dict[str, str | None]] = {
 }
 """Each DICOM folder under ../shared/data: for the whole folder ("") and, where it holds several series, for each
 ``--series``, either CONVERTS or the text of its one error line."""
+REAL_FOLDERS = [pytest.param(folder, marks=[pytest.mark.slow] if CONVERTS in outcomes.values() else [])
+                for folder, outcomes in sorted(REAL_OUTCOMES.items())]
+"""A folder that converts is slow: sliding windows over a real-size series."""
 
 
 def test_every_real_dicom_folder_has_a_stated_outcome() -> None:
@@ -323,7 +326,7 @@ def test_every_real_dicom_folder_has_a_stated_outcome() -> None:
     assert [str(f.relative_to(SHARED_DATA)) for f in real_dicom_folders()] == sorted(REAL_OUTCOMES)
 
 
-@pytest.mark.parametrize("folder", sorted(REAL_OUTCOMES))
+@pytest.mark.parametrize("folder", REAL_FOLDERS)
 def test_real_series_convert_or_fail_as_stated(tmp_path, models, folder) -> None:
     path = shared_data(folder)
     summaries = list_series(path)

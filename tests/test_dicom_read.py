@@ -283,17 +283,15 @@ def test_localizer_and_odd_size_are_dropped(tmp_path: Path, caplog) -> None:
     assert list_series(tmp_path)[0].slices == 6
 
 
-def test_non_dicom_and_rt_files_are_ignored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("real_rt_files", [False, True])
+def test_non_dicom_and_rt_files_are_ignored(tmp_path: Path, real_rt_files: bool) -> None:
     fs = factory.make_series(tmp_path / "a" / "b")
     (tmp_path / "README.txt").write_text("hello")
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 10)
     (tmp_path / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 20)
-    rtstruct = PYDICOM_FILES / "rtstruct.dcm"
-    if rtstruct.exists():
-        shutil.copy(rtstruct, tmp_path / "rtstruct.dcm")
-    rtdose = PYDICOM_FILES / "rtdose.dcm"
-    if rtdose.exists():
-        shutil.copy(rtdose, tmp_path / "rtdose.dcm")
+    if real_rt_files:  # an RT Structure Set and an RT Dose beside the series
+        for name in ("rtstruct.dcm", "rtdose.dcm"):
+            shutil.copy(need(PYDICOM_FILES / name), tmp_path / name)
     assert len(list_series(tmp_path)) == 1
     assert_matches_factory(read_dicom_series(tmp_path), fs)
 
