@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, generate_uid
 
-from sctconv.io.dicom.read import SourceSeries, int_or_none
+from sctconv.io.dicom.entries import int_or_none
+from sctconv.io.dicom.series import SourceSeries
 from sctconv.io.dicom.values import code_item, copy_value, fit, fit_person_name, format_ds
 
 log = logging.getLogger(__name__)

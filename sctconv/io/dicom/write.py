@@ -26,7 +26,7 @@ from sctconv.io.dicom.ct_image import (RESCALE_INTERCEPT, SeriesOptions, common_
                                        general_series_module, general_study_module, image_pixel_module,
                                        image_plane_module, patient_module, sop_common_module, source_image_sequence,
                                        voi_lut_module)
-from sctconv.io.dicom.read import SourceSeries
+from sctconv.io.dicom.series import SourceSeries
 from sctconv.io.dicom.values import fit, format_ds
 
 log = logging.getLogger(__name__)
