@@ -49,12 +49,12 @@ def write_sct_series(
     out_dir = Path(out_dir)
     row, column = _cosines(sct)
     spacing = np.array(sct.GetSpacing(), dtype=np.float64)
-    slice_refs = source is not None and _slice_references(sct, source)
+    referenced = source if source is not None and _slice_references(sct, source) else None
     stored = _stored_values(sct)
 
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")[:13]
-    series = _series_dataset(source, like, options, date, time, slice_refs)
+    series = _series_dataset(source, like, options, date, time, referenced)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n_slices = sct.GetSize()[2]
@@ -67,8 +67,8 @@ def write_sct_series(
         ds.InstanceNumber = str(k + 1)  # General Image
         position = np.array(sct.TransformIndexToPhysicalPoint((0, 0, k)), dtype=np.float64)
         ds.update(image_plane_module(position, row, column, spacing))
-        if slice_refs:
-            ds.update(source_image_sequence(source, k))
+        if referenced is not None:
+            ds.update(source_image_sequence(referenced, k))
         ds.update(image_pixel_module(stored[k]))
         ds.file_meta = _file_meta(ds.SOPInstanceUID, options)
         path = out_dir / f"CT.{k + 1:0{width}d}.dcm"
@@ -78,10 +78,10 @@ def write_sct_series(
 
 
 def _series_dataset(source: SourceSeries | None, like: Dataset | None, options: SeriesOptions, date: str,
-                    time: str, slice_refs: bool) -> Dataset:
+                    time: str, referenced: SourceSeries | None) -> Dataset:
     """The modules every slice of the series shares, from the source series' first header, else ``like``.
 
-    The Common Instance Reference only with per-slice references (``slice_refs``), which its
+    The Common Instance Reference only when the slices reference the ``referenced`` series, which its
     condition (Type 1C) requires.
     """
     header = source.datasets[0] if source is not None else like
@@ -100,8 +100,8 @@ def _series_dataset(source: SourceSeries | None, like: Dataset | None, options: 
         voi_lut_module(),
     ):
         ds.update(module)
-    if slice_refs:
-        ds.update(common_instance_reference_module(source))
+    if referenced is not None:
+        ds.update(common_instance_reference_module(referenced))
     return ds
 
 
