@@ -135,15 +135,10 @@ def convert(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
+    from sctconv.convert.options import ConvertOptions
+    from sctconv.convert.pipeline import convert as run_convert
     from sctconv.io.dicom.write import SeriesOptions
-    from sctconv.convert.pipeline import ConvertOptions, convert as run_convert
 
-    if image_format not in ("nii.gz", "mha"):
-        raise SctconvError(f"--format must be nii.gz or mha, not {image_format!r}")
-    for flag, value, limit in (("--manufacturer-model-name", manufacturer_model_name, 64),
-                               ("--station-name", station_name, 16)):
-        if value and len(value) > limit:  # a truncated name would not match the planning system's table
-            raise SctconvError(f"{flag} holds at most {limit} characters in DICOM; {value!r} has {len(value)}")
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
