@@ -19,16 +19,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sctconv.nn.network import UNet, count_parameters  # noqa: E402
-from sctconv.training.train import PRESETS, device_name  # noqa: E402
+from sctconv.nn.network import build_network, count_parameters  # noqa: E402
+from sctconv.training.setup import PRESETS  # noqa: E402
+from sctconv.training.train import device_name  # noqa: E402
 
 
 def step_seconds(preset: str, bf16: bool, channels_last: bool) -> float:
     torch.manual_seed(0)
     setup = PRESETS[preset]
-    network = UNet(setup["architecture"])
-    x = torch.randn(2, 1, *setup["patch_size"])
-    y = torch.randn(2, 1, *setup["patch_size"])
+    network = build_network(setup.architecture)
+    x = torch.randn(2, 1, *setup.patch_size)
+    y = torch.randn(2, 1, *setup.patch_size)
     if channels_last:
         network = network.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
@@ -48,9 +49,9 @@ def step_seconds(preset: str, bf16: bool, channels_last: bool) -> float:
 def main() -> None:
     print(device_name("cpu"), f"torch {torch.__version__}")
     for preset in sys.argv[1:] or ["small", "cpu"]:
-        parameters = count_parameters(UNet(PRESETS[preset]["architecture"])) / 1e6
+        parameters = count_parameters(build_network(PRESETS[preset].architecture)) / 1e6
         fp32 = step_seconds(preset, False, False)
-        print(f"{preset} ({parameters:.2f} M, patch {PRESETS[preset]['patch_size']}): fp32 {fp32:.2f} s/step")
+        print(f"{preset} ({parameters:.2f} M, patch {PRESETS[preset].patch_size}): fp32 {fp32:.2f} s/step")
         for bf16, channels_last, label in ((True, False, "bf16"), (True, True, "bf16 + channels-last 3D")):
             seconds = step_seconds(preset, bf16, channels_last)
             print(f"  {label}: {seconds:.2f} s/step, speed-up {fp32 / seconds:.2f}x")

@@ -40,7 +40,7 @@ def pack(cases_dir: Path, out: Path, count: int, max_mm: float) -> None:
 
     from sctconv.training.data import discover_cases
     from sctconv.training.prepare import prepare_dataset
-    from sctconv.training.train import PRESETS
+    from sctconv.training.setup import PRESETS
 
     cases = discover_cases(cases_dir, "mr")
     cases = cases[::max(1, len(cases) // count)][:count]  # spread over the folder: other patients, not other seeds
@@ -59,7 +59,7 @@ def pack(cases_dir: Path, out: Path, count: int, max_mm: float) -> None:
             for name, path in (("mr", case.input), ("ct", case.ct), ("mask", case.mask)):
                 image = sitk.RegionOfInterest(sitk.ReadImage(str(path)), size, start)
                 sitk.WriteImage(image, str(folder / f"{name}.mha"))
-        prepared = prepare_dataset(discover_cases(Path(tmp), "mr"), "mr", PRESETS["paper"]["spacing"], out,
+        prepared = prepare_dataset(discover_cases(Path(tmp), "mr"), "mr", PRESETS["paper"].spacing, out,
                                    Console(stderr=True))
     for case in prepared:
         with np.load(case.path) as data:

@@ -135,15 +135,10 @@ def convert(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
+    from sctconv.convert.options import ConvertOptions
+    from sctconv.convert.pipeline import convert as run_convert
     from sctconv.io.dicom.write import SeriesOptions
-    from sctconv.convert.pipeline import ConvertOptions, convert as run_convert
 
-    if image_format not in ("nii.gz", "mha"):
-        raise SctconvError(f"--format must be nii.gz or mha, not {image_format!r}")
-    for flag, value, limit in (("--manufacturer-model-name", manufacturer_model_name, 64),
-                               ("--station-name", station_name, 16)):
-        if value and len(value) > limit:  # a truncated name would not match the planning system's table
-            raise SctconvError(f"{flag} holds at most {limit} characters in DICOM; {value!r} has {len(value)}")
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
@@ -354,13 +349,13 @@ def prepare_command(
     from sctconv.training.data import discover_cases, select_regions
     from sctconv.nn.model import canonical_region
     from sctconv.training.prepare import prepare_dataset
-    from sctconv.training.train import network_setup
+    from sctconv.training.setup import network_setup
 
     if modality not in ("mr", "cbct", "ct"):
         raise SctconvError(f"--task must be mr, cbct or ct, not {modality!r}")
     if preset and plan:
         raise SctconvError("--preset and --plan are alternatives; give one")
-    spacing = network_setup(preset or "small", plan, None if modality == "ct" else modality)["spacing"]
+    spacing = network_setup(preset or "small", plan, None if modality == "ct" else modality).spacing
     cases = select_regions(discover_cases(data, modality), [canonical_region(r) for r in region])
     prepared = prepare_dataset(cases, modality, spacing, output, console)
     size = sum(c.path.stat().st_size for c in prepared) / 2 ** 20
@@ -420,10 +415,6 @@ def train_command(
     On several GPUs, one process per GPU (DistributedDataParallel):
     torchrun --standalone --nproc_per_node N -m sctconv train ...
     """
-    from sctconv.nn.model import MODALITIES
-
-    if modality not in MODALITIES:
-        raise SctconvError(f"--task must be mr or cbct, not {modality!r}")
     if stage not in ("l1", "afp"):
         raise SctconvError(f"--stage must be l1 or afp, not {stage!r} (teachers: sctconv train-teacher)")
     _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
@@ -466,7 +457,8 @@ def train_teacher_command(
 
 def _run_training(region: list[str], preset: str | None, plan: Path | None, **settings) -> None:
     from sctconv.nn.model import canonical_region
-    from sctconv.training.train import TrainConfig, train
+    from sctconv.training.config import TrainConfig
+    from sctconv.training.train import train
 
     if preset and plan:
         raise SctconvError("--preset and --plan are alternatives; give one")

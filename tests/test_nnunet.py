@@ -22,7 +22,7 @@ from torch import nn  # noqa: E402
 from sctconv.errors import SctconvError  # noqa: E402
 from sctconv.evaluation.evaluate import load_segmenter, segment  # noqa: E402
 from sctconv.preprocessing.normalize import Normalization  # noqa: E402
-from sctconv.nn.nnunet import NnUNetTeacher  # noqa: E402
+from sctconv.nn.nnunet import NnUNetModel  # noqa: E402
 from sctconv.inference.predict import TorchBackend, sliding_window  # noqa: E402
 from sctconv.preprocessing.normalize import normalize  # noqa: E402
 from sctconv.nn.teacher import AFPLoss, load_teacher  # noqa: E402
@@ -126,7 +126,7 @@ def make_folder(root: Path, transpose: list[int] = (0, 1, 2), network: type = Pl
 def test_loads_as_a_teacher_and_computes_what_the_dna_network_computes(tmp_path, transpose):
     folder, net = make_folder(tmp_path, transpose)
     teacher = load_teacher(folder)
-    assert isinstance(teacher, NnUNetTeacher)
+    assert isinstance(teacher.model, NnUNetModel)
     model = teacher.model
     assert model.classes == list(LABELS) and model.configuration == "3d_fullres"
     assert model.checkpoint == folder / "fold_0" / "checkpoint_final.pth"

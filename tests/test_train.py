@@ -24,7 +24,8 @@ from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.inference.predict import OnnxBackend
 from sctconv.simulation.simulate import make_phantom, write_simulated_case
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
-from sctconv.training.train import TrainConfig, bone_weighted_l1, patch_centres, poly_lr, split_cases
+from sctconv.training.stages import bone_weighted_l1
+from sctconv.training.train import TrainConfig, patch_centres, poly_lr, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]

@@ -47,16 +47,16 @@ from sctconv.io.files import find_image, folders_with
 from sctconv.io.images import read_volume
 from sctconv.preprocessing.body_mask import body_mask
 from sctconv.evaluation.image_metrics import image_metrics
-from sctconv.nn.nnunet import NnUNetTeacher
 from sctconv.hu import HU_MIN
 from sctconv.preprocessing.normalize import normalize
 from sctconv.inference.predict import TorchBackend, resolve_device, sliding_window
 from sctconv.preprocessing.grid import image_like, to_model_grid
-from sctconv.nn.teacher import Teacher, load_teacher
+from sctconv.nn.segmenter import Segmenter
+from sctconv.nn.teacher import load_teacher
 
 log = logging.getLogger(__name__)
 
-Segmenter = Callable[[sitk.Image], sitk.Image]
+Labeller = Callable[[sitk.Image], sitk.Image]
 """A CT segmentation model: a CT in HU in, an integer label map on the same grid out (0 = background)."""
 
 GEOMETRY_TOLERANCE = 1e-3
@@ -163,7 +163,7 @@ def impose_geometry(image: sitk.Image, ct: sitk.Image, what: str) -> sitk.Image:
     return imposed
 
 
-def evaluate_case(sct: sitk.Image, ct: sitk.Image, mask: sitk.Image, segmenter: Segmenter | None = None,
+def evaluate_case(sct: sitk.Image, ct: sitk.Image, mask: sitk.Image, segmenter: Labeller | None = None,
                   gt_labels: sitk.Image | None = None) -> dict[str, Any]:
     """All metrics of one sCT against its CT: ``mae``, ``psnr``, ``ms_ssim`` over ``mask > 0``.
 
@@ -195,7 +195,7 @@ def convert_output_image(path: Path) -> Path | None:
     return find_image(path, "sct") if path.is_dir() else None
 
 
-def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Segmenter | None = None) -> dict[str, Any]:
+def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Labeller | None = None) -> dict[str, Any]:
     """:func:`evaluate_case` on image files (or DICOM); ``sct`` may be a `sctconv convert` output
     folder. Without ``mask``, the CT's body (HU > -500)."""
     sct = convert_output_image(sct) or sct
@@ -207,7 +207,7 @@ def evaluate_files(sct: Path, ct: Path, mask: Path | None, segmenter: Segmenter 
     return evaluate_case(read_volume(sct).image, ct_image, mask_image, segmenter)
 
 
-def segment(teacher: Teacher | NnUNetTeacher, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
+def segment(teacher: Segmenter, ct: sitk.Image, device: str = "cpu") -> sitk.Image:
     """Label map of a CT in HU on the CT's own grid, by a teacher (an sctconv segmentation model or an
     nnU-Net one): LPS at the teacher's spacing, its normalization, Gaussian-blended windows at step
     0.5, each class's logits resampled linearly onto the CT's grid, then the argmax (nnU-Net's order)."""
@@ -226,8 +226,8 @@ def segment(teacher: Teacher | NnUNetTeacher, ct: sitk.Image, device: str = "cpu
     return image_like(labels, ct)
 
 
-def load_segmenter(path: Path, device: str = "auto") -> Segmenter:
-    """A segmentation model folder (an sctconv teacher or an nnU-Net model) as a :data:`Segmenter`."""
+def load_segmenter(path: Path, device: str = "auto") -> Labeller:
+    """A segmentation model folder (an sctconv teacher or an nnU-Net model) as a :data:`Labeller`."""
     return functools.partial(segment, load_teacher(path), device=resolve_device(device))
 
 
@@ -283,7 +283,7 @@ def find_cases(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None) -> li
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None,
-                     segmenter: Segmenter | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+                     segmenter: Labeller | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Evaluate every case of :func:`find_cases`; one row per case: ``{"case": name, **metrics}``."""
     cases = find_cases(pred_dir, gt_dir, mask_dir)
     task = progress.add_task("evaluating cases", total=len(cases)) if progress else None

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from safetensors import SafetensorError
@@ -19,7 +20,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from sctconv.card_numbers import three
 from sctconv.errors import SctconvError
-from sctconv.nn.network import Architecture, UNet
+from sctconv.nn.network import Architecture, UNet, build_network
 from sctconv.preprocessing.normalize import Normalization
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -31,8 +32,12 @@ ONNX_NAME = "model.onnx"
 """The weights exported to ONNX (optional; bound to ``model.safetensors`` by its hash)."""
 REGIONS = ("head-neck", "thorax", "abdomen")
 REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen"}
-MODALITIES = ("mr", "cbct")
-TASKS = ("synthesis", "segmentation")
+Modality = Literal["mr", "cbct"]
+"""The input of a synthesis model; a segmentation model's is ``"ct"``."""
+MODALITIES: tuple[Modality, ...] = get_args(Modality)
+Task = Literal["synthesis", "segmentation"]
+"""What a model does: make a CT from its input, or segment a CT (a "teacher")."""
+TASKS: tuple[Task, ...] = get_args(Task)
 
 
 def canonical_region(name: str) -> str:
@@ -49,7 +54,7 @@ class ModelCard:
     """Everything inference needs to run a model, plus where it came from and how good it is."""
 
     name: str
-    modality: str  # input modality: "mr" or "cbct" (synthesis), "ct" (segmentation)
+    modality: Modality | Literal["ct"]  # input modality: "mr" or "cbct" (synthesis), "ct" (segmentation)
     regions: list[str]
     architecture: Architecture
     spacing: tuple[float, float, float]  # mm, (z, y, x)
@@ -58,7 +63,7 @@ class ModelCard:
     target_normalization: Normalization  # CT: always "zscore-dataset"; inverted to get HU
     description: str = ""
     version: str = "1"
-    task: str = "synthesis"  # or "segmentation" (a CT segmentation "teacher")
+    task: Task = "synthesis"  # or "segmentation" (a CT segmentation "teacher")
     classes: list[str] = field(default_factory=list)  # segmentation: one name per output channel
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -175,7 +180,7 @@ def read_card(folder: Path) -> ModelCard:
 def load_model(folder: Path) -> Model:
     """Load a model folder; every failure is a one-line :class:`SctconvError`."""
     card = read_card(folder)
-    network = UNet(card.architecture)
+    network = build_network(card.architecture)
     path = folder / WEIGHTS_NAME
     try:
         data = path.read_bytes()  # read once: the hash is of exactly the bytes loaded

@@ -198,6 +198,11 @@ class UNet(nn.Module):
         return collected + [out]
 
 
+def build_network(arch: Architecture) -> UNet:
+    """The network of ``arch``: the one constructor that model loading, training and planning use."""
+    return UNet(arch)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,7 +2,7 @@
 
 An nnU-Net v2 trained model folder (``<Trainer>__<Plans>__<configuration>/``) holds ``dataset.json``,
 ``plans.json`` and ``fold_K/checkpoint_final.pth`` (or ``checkpoint_best.pth``). The paper's teacher,
-a 7-class TotalSegmentator grouping, is such a model. :func:`load_nnunet_teacher` accepts the model
+a 7-class TotalSegmentator grouping, is such a model. :func:`load_nnunet_segmenter` accepts the model
 folder (it takes the first fold with a checkpoint, ``fold_0`` normally; nnU-Net would ensemble all
 folds), one ``fold_K`` folder in it, or a checkpoint file in one; ``checkpoint_final.pth`` is
 preferred over ``checkpoint_best.pth``.
@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from sctconv.errors import SctconvError
+from sctconv.nn.segmenter import Segmenter
 from sctconv.preprocessing.normalize import Normalization
 
 PLANS_NAME = "plans.json"
@@ -144,36 +145,6 @@ class NnUNetModel:
     spacing: tuple[float, float, float]  # mm
     patch_size: tuple[int, int, int]  # voxels
     normalization: Normalization
-
-
-@dataclass
-class NnUNetTeacher:
-    """A frozen nnU-Net model with the interface of :class:`sctconv.nn.teacher.Teacher`."""
-
-    model: NnUNetModel
-
-    def __post_init__(self) -> None:
-        self.model.network.eval().requires_grad_(False)
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.model.normalization
-
-    @property
-    def divisor(self) -> tuple[int, int, int]:
-        return self.model.network.divisor
-
-    @property
-    def network(self) -> NnUNetNetwork:
-        return self.model.network
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        return self.model.spacing
-
-    @property
-    def patch_size(self) -> tuple[int, int, int]:
-        return self.model.patch_size
 
 
 def nnunet_folder(path: Path) -> Path | None:
@@ -343,6 +314,8 @@ def load_nnunet(path: Path) -> NnUNetModel:
                        normalization=normalization)
 
 
-def load_nnunet_teacher(path: Path) -> NnUNetTeacher:
-    """An nnU-Net v2 model as a frozen teacher."""
-    return NnUNetTeacher(load_nnunet(path))
+def load_nnunet_segmenter(path: Path) -> Segmenter:
+    """An nnU-Net v2 model (folder, fold folder or checkpoint) as a frozen segmenter."""
+    model = load_nnunet(path)
+    return Segmenter(network=model.network, classes=tuple(model.classes), normalization=model.normalization,
+                     spacing=model.spacing, patch_size=model.patch_size, divisor=model.network.divisor, model=model)

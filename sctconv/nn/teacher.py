@@ -12,7 +12,6 @@ trained model (:mod:`sctconv.nn.nnunet`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sctconv.errors import SctconvError
-from sctconv.nn.model import Model, load_model
-from sctconv.nn.nnunet import NnUNetTeacher, load_nnunet_teacher, nnunet_folder
+from sctconv.nn.model import load_model
+from sctconv.nn.nnunet import load_nnunet_segmenter, nnunet_folder
+from sctconv.nn.segmenter import Segmenter, segmenter_from_model
 from sctconv.preprocessing.normalize import Normalization
 
 TISSUE_CLASSES = ("background", "air_lung", "fat", "soft_tissue", "bone")
@@ -62,45 +61,12 @@ def group_totalsegmentator(labels: np.ndarray, names: dict[int, str]) -> np.ndar
     return lookup[labels]
 
 
-@dataclass
-class Teacher:
-    """A loaded, frozen segmentation model."""
-
-    model: Model
-
-    def __post_init__(self) -> None:
-        if self.model.card.task != "segmentation":
-            raise SctconvError(f"model {self.model.card.name} is not a segmentation model")
-        self.model.network.eval().requires_grad_(False)
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.model.card.input_normalization
-
-    @property
-    def divisor(self) -> tuple[int, int, int]:
-        """Inputs of the network must be a multiple of this along (z, y, x)."""
-        return self.model.card.architecture.divisor
-
-    @property
-    def network(self) -> nn.Module:
-        return self.model.network
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        return self.model.card.spacing
-
-    @property
-    def patch_size(self) -> tuple[int, int, int]:
-        return self.model.card.patch_size
-
-
-def load_teacher(folder: Path) -> Teacher | NnUNetTeacher:
+def load_teacher(folder: Path) -> Segmenter:
     """Load a frozen teacher: a segmentation model folder, or an nnU-Net v2 model (its folder, a
     ``fold_K`` folder in it or a checkpoint file; recognised by its ``plans.json``)."""
     if nnunet_folder(folder) is not None:
-        return load_nnunet_teacher(folder)
-    return Teacher(load_model(folder))
+        return load_nnunet_segmenter(folder)
+    return segmenter_from_model(load_model(folder))
 
 
 class AFPLoss(nn.Module):
@@ -114,7 +80,7 @@ class AFPLoss(nn.Module):
     ``layers`` indexes the teacher's encoder skips followed by its decoder stages; None = all.
     """
 
-    def __init__(self, teacher: Teacher | NnUNetTeacher, ct_norm: Normalization, l1_weight: float = 0.5,
+    def __init__(self, teacher: Segmenter, ct_norm: Normalization, l1_weight: float = 0.5,
                  layers: list[int] | None = None) -> None:
         super().__init__()
         self.network = teacher.network

@@ -238,14 +238,15 @@ def is_prepared(folder: Path) -> bool:
 
 
 def open_prepared(folder: Path) -> tuple[str, tuple[float, float, float], list[PreparedCase]]:
-    """The task, spacing (z, y, x) and cases of the prepared dataset in ``folder``."""
+    """The modality (its index's ``task`` key, as --task), spacing (z, y, x) and cases of the prepared
+    dataset in ``folder``."""
     index = read_index(folder)
     if index is None or index.get("version") != PREPARED_VERSION:
         raise SctconvError(f"{folder} is not a prepared dataset of this sctconv version; prepare it again")
     try:
         cases = [PreparedCase(c["name"], c["region"], folder / c["file"], bool(c["labels"])) for c in index["cases"]]
         spacing = tuple(float(s) for s in index["spacing"])
-        task = str(index["task"])
+        modality = str(index["task"])
     except (KeyError, TypeError, ValueError) as exc:
         raise SctconvError(f"cannot read prepared dataset {folder}: {exc}") from None
     missing = [c.path.name for c in cases if not c.path.is_file()]
@@ -253,7 +254,7 @@ def open_prepared(folder: Path) -> tuple[str, tuple[float, float, float], list[P
         raise SctconvError(f"prepared dataset {folder} lacks {len(missing)} case file(s), e.g. {missing[0]}")
     if not cases:
         raise SctconvError(f"prepared dataset {folder} holds no cases")
-    return task, (spacing[0], spacing[1], spacing[2]), cases
+    return modality, (spacing[0], spacing[1], spacing[2]), cases
 
 
 @dataclass

@@ -21,7 +21,8 @@ The steps, as :func:`make_plan` takes them:
        memory = 12 B x parameters + batch x 4.0 B x activations(patch)
 
    with ``activations`` the number of elements all convolutions output for one sample
-   (:func:`activation_elements`; nnU-Net's ``compute_conv_feature_map_size``) and 12 bytes per
+   (:func:`activation_elements`, counted on the network itself; nnU-Net's
+   ``compute_conv_feature_map_size`` derives it by hand) and 12 bytes per
    parameter for the fp32 weight, its gradient and the SGD momentum. 4.0 bytes per counted element
    (fp16 activations under autocast, the norms' and nonlinearities' saved tensors, cuDNN workspace,
    the CUDA context) is calibrated so that 8 GiB with SynthRAD-like data (3 x 1 x 1 mm, median shape
@@ -39,13 +40,15 @@ import functools
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from sctconv.errors import SctconvError
-from sctconv.nn.network import Architecture, UNet, count_parameters
+from sctconv.nn.network import Architecture, build_network, count_parameters
 
 PLAN_FORMAT = "sctconv-plan"
 WIDTHS = ("paper", "small")
@@ -60,6 +63,16 @@ MIN_BATCH = 2
 GIB = 2 ** 30
 
 Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class NetworkSetup:
+    """What a training run's network is and works on: a plan's configuration, or a preset."""
+
+    architecture: Architecture
+    spacing: tuple[float, float, float]  # mm, (z, y, x)
+    patch_size: Shape  # voxels, (z, y, x)
+    batch_size: int  # patches per step and process
 
 
 def topology(spacing: tuple[float, ...], patch: Shape) -> tuple[list[Shape], list[Shape], Shape]:
@@ -118,34 +131,26 @@ def network(width: str, strides: list[Shape], kernels: list[Shape]) -> Architect
                         decoder_blocks=(decoder,) * (stages - 1))
 
 
+@functools.lru_cache(maxsize=256)
 def activation_elements(arch: Architecture, patch: Shape) -> int:
-    """Elements output by all convolutions of :class:`~sctconv.nn.network.UNet` for one ``patch``.
-
-    Stage i works on ``V_i`` voxels (the patch divided by the strides so far) with ``f_i`` features.
-    Residual: the stem (f_0 V_0), two convs per block, one more for the first block's projection
-    when the number of channels changes; each decoder stage adds its upsampling conv and its first
-    block's projection (2 f_i to f_i). Plain: one conv per block. Then the 1x1x1 head.
-    """
-    voxels, size = [], np.array(patch)
-    for stride in arch.strides:
-        size = np.ceil(size / np.array(stride))
-        voxels.append(float(np.prod(size)))
-    residual = arch.kind == "residual"
-    convs_per_block = 2 if residual else 1
-    total = arch.features[0] * voxels[0] if residual else 0.0
-    for i, (f, blocks) in enumerate(zip(arch.features, arch.encoder_blocks if residual else [2] * len(voxels))):
-        projection = residual and i > 0 and arch.features[i - 1] != f
-        total += f * voxels[i] * (convs_per_block * blocks + projection)
-    for i, blocks in enumerate(arch.decoder_blocks if residual else [2] * (len(voxels) - 1)):
-        total += arch.features[i] * voxels[i] * (1 + convs_per_block * blocks + residual)
-    return int(total + arch.out_channels * voxels[0])
+    """Elements output by all convolutions of the network of ``arch`` for one ``patch``: counted by
+    forward hooks while it runs on the meta device (no memory, no arithmetic)."""
+    with torch.device("meta"):
+        network = build_network(arch)
+    counted: list[int] = []
+    for module in network.modules():
+        if isinstance(module, nn.Conv3d):
+            module.register_forward_hook(lambda _module, _inputs, out: counted.append(out.numel()))
+    with torch.no_grad():
+        network(torch.empty(1, arch.in_channels, *patch, device="meta"))
+    return sum(counted)
 
 
 @functools.lru_cache(maxsize=64)
 def parameters(arch: Architecture) -> int:
     """Trainable parameters of the network (built on the meta device: no memory, no time)."""
     with torch.device("meta"):
-        return count_parameters(UNet(arch))
+        return count_parameters(build_network(arch))
 
 
 def estimate_memory_gib(arch: Architecture, patch: Shape, batch: int) -> float:
@@ -219,10 +224,10 @@ def write_plan(plan: dict, path: Path) -> None:
     path.write_text(text + "\n")
 
 
-def load_plan(path: Path, modality: str | None) -> dict:
-    """Architecture, spacing, patch and batch size of a plan file, as a training preset.
+def load_plan(path: Path, modality: str | None) -> NetworkSetup:
+    """The network setup of a plan file (as a training preset gives one).
 
-    ``modality`` (None for a CT teacher, which fits any plan) must match the plan's task.
+    ``modality`` (None for a CT teacher, which fits any plan) must match the plan's (its ``task`` key, as --task).
     """
     try:
         plan = json.loads(path.read_text())
@@ -231,8 +236,8 @@ def load_plan(path: Path, modality: str | None) -> dict:
         if modality and plan["task"] != modality:
             raise SctconvError(f"plan {path} is for --task {plan['task']}, not {modality}")
         setup = plan["configuration"]
-        return {"architecture": Architecture.from_dict(setup["architecture"]),
-                "spacing": tuple(float(s) for s in setup["spacing"]),
-                "patch_size": tuple(int(p) for p in setup["patch_size"]), "batch_size": int(setup["batch_size"])}
+        spacing, patch = [float(s) for s in setup["spacing"]], [int(p) for p in setup["patch_size"]]
+        return NetworkSetup(Architecture.from_dict(setup["architecture"]), (spacing[0], spacing[1], spacing[2]),
+                            (patch[0], patch[1], patch[2]), int(setup["batch_size"]))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise SctconvError(f"cannot read plan {path}: {exc}") from None

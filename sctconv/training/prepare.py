@@ -134,7 +134,7 @@ def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, floa
     """Prepare ``cases`` into ``folder`` and, with ``index``, list them there in their order
     (``dataset.json``, which makes the folder a prepared dataset of exactly these cases).
 
-    ``folder`` is new, or holds a prepared dataset of the same task and spacing (its case files are
+    ``folder`` is new, or holds a prepared dataset of the same modality and spacing (its case files are
     reused), or the case files of an interrupted preparation; any other folder is refused, so that
     nothing is written among the user's own files and no other prepared dataset is overwritten.
     """

@@ -1,0 +1,55 @@
+"""What `sctconv convert` is asked to do, and the checks that refuse what cannot work before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sctconv.convert.limits import check_step
+from sctconv.errors import SctconvError
+from sctconv.inference.predict import check_window_settings
+from sctconv.io.dicom.write import SeriesOptions
+
+IMAGE_FORMATS = ("nii.gz", "mha")
+BACKENDS = ("torch", "onnx")
+NAME_LIMITS = (("--manufacturer-model-name", "manufacturer_model_name", 64), ("--station-name", "station_name", 16))
+"""(option, SeriesOptions field, characters): names a planning system may match its CT-to-density table by,
+refused rather than truncated when too long for their VR (LO, SH)."""
+
+
+@dataclass
+class ConvertOptions:
+    """What `sctconv convert` was asked to do."""
+
+    modality: str | None = None  # "mr" or "cbct"; None = from DICOM, the model, or the intensities
+    region: str | None = None
+    model: str | None = None  # shipped model name or model folder
+    mask: Path | None = None
+    series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
+    allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
+    allow_large: bool = False  # run past the size guards of sctconv.convert.limits
+    like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
+    step: float = 0.3
+    blend: str = "mean"
+    batch_size: int = 2
+    device: str = "auto"
+    backend: str = "torch"
+    image_format: str = "nii.gz"  # one of IMAGE_FORMATS
+    dicom: bool = True
+    preview: bool = True
+    overwrite: bool = False
+    series_options: SeriesOptions = field(default_factory=SeriesOptions)
+
+    def check(self) -> None:
+        """Refuse options that cannot work, naming the command line's option."""
+        if self.image_format not in IMAGE_FORMATS:
+            raise SctconvError(f"--format must be nii.gz or mha, not {self.image_format!r}")
+        for flag, name, limit in NAME_LIMITS:
+            value = getattr(self.series_options, name)
+            if value and len(value) > limit:  # a truncated name would not match the planning system's table
+                raise SctconvError(f"{flag} holds at most {limit} characters in DICOM; {value!r} has {len(value)}")
+        check_window_settings(self.step, self.blend, self.batch_size)
+        if not self.allow_large:
+            check_step(self.step)
+        if self.backend not in BACKENDS:
+            raise SctconvError(f"unknown backend {self.backend!r}; use torch or onnx")

@@ -1,0 +1,92 @@
+"""``report.json``: the record of a conversion (input, model, region, inference settings, timings, HU in
+the body, outputs, notes, warnings, versions)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from sctconv import __version__
+from sctconv.convert.options import ConvertOptions
+from sctconv.convert.writers import Conversion
+from sctconv.inference.predict import Backend, OnnxBackend
+
+REPORT_NAME = "report.json"
+DISCLAIMER = "Research tool, not a medical device: verify every sCT before clinical use."
+
+
+def make_report(conversion: Conversion, options: ConvertOptions, backend: Backend, outputs: list[str],
+                timings: dict[str, float], notes: list[str], warnings: list[str]) -> dict:
+    """The report of ``conversion``; ``outputs`` are the writers' entries, ``timings`` seconds per stage."""
+    volume, model = conversion.volume, conversion.model
+    source = volume.source
+    return {
+        "sctconv": __version__,
+        "disclaimer": DISCLAIMER,
+        "input": {"path": str(conversion.input_path), "modality": conversion.modality,
+                  "modality_source": conversion.modality_source,
+                  "dicom_series": source.series_instance_uid if source else None,
+                  "resampled": asdict(source.resampled) if source and source.resampled else None,
+                  "like": describe_like(options.like, conversion.like) if conversion.like is not None else None,
+                  **describe_geometry(volume.image)},
+        "model": {"name": model.card.name, "folder": str(model.folder), "version": model.card.version,
+                  "regions": model.card.regions, "weights_sha256": model.weights_sha256,
+                  "onnx_sha256": backend.sha256 if isinstance(backend, OnnxBackend) else None},
+        "region": conversion.region,
+        "mask": conversion.mask_source,
+        "inference": {"backend": backend.name, "device": backend.device, "step": options.step,
+                      "blend": options.blend, "batch_size": options.batch_size,
+                      "patch_size": list(model.card.patch_size), "spacing_zyx": list(model.card.spacing)},
+        "timings_s": {**timings, "total": round(sum(timings.values()), 3)},
+        "hu_in_body": hu_statistics(conversion.sct, conversion.mask),
+        "outputs": outputs + [REPORT_NAME],
+        "notes": notes,
+        "warnings": warnings,
+        "versions": versions(),
+    }
+
+
+def write_report(report: dict, folder: Path) -> None:
+    """Write ``report`` as ``report.json`` into ``folder``."""
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def describe_like(path: Path | None, header: Dataset) -> dict:
+    """The report's record of the `--like` series."""
+    return {"path": str(path), "series": str(header.get("SeriesInstanceUID", "")),
+            "study": str(header.get("StudyInstanceUID", "")), "frame_of_reference": str(header.FrameOfReferenceUID)}
+
+
+def hu_statistics(sct: sitk.Image, mask: sitk.Image) -> dict[str, float]:
+    """Summary of the sCT inside the body."""
+    values = sitk.GetArrayViewFromImage(sct)[sitk.GetArrayViewFromImage(mask) > 0]
+    p1, p50, p99 = np.percentile(values, [1, 50, 99])
+    return {
+        "voxels": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+        "min": float(values.min()), "max": float(values.max()), "p01": float(p1), "median": float(p50),
+        "p99": float(p99), "fraction_above_300_hu": float(np.mean(values > 300)),
+        "fraction_below_minus_500_hu": float(np.mean(values < -500)),
+    }
+
+
+def describe_geometry(image: sitk.Image) -> dict:
+    """Size, spacing, origin and direction of ``image``."""
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+            "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def versions() -> dict[str, str]:
+    """The versions of sctconv, Python and the libraries that shape an sCT."""
+    import onnxruntime
+    import pydicom
+    import torch
+
+    return {"sctconv": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "SimpleITK": sitk.Version.VersionString(),
+            "pydicom": pydicom.__version__, "numpy": np.__version__}
