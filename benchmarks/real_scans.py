@@ -29,7 +29,7 @@ from sctconv.preprocessing.body_mask import body_mask_from_array  # noqa: E402
 from sctconv.evaluation.image_metrics import mae  # noqa: E402
 from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
 from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct  # noqa: E402
-from tests.test_shipped import skull_figures  # noqa: E402
+from tests.helpers import skull_figures  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model folder and small phantom inputs, all made on the fly."""
+"""Shared fixtures: a tiny model folder, small phantom inputs and simulated training cases, all made on the fly
+(the helpers that make them are in helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,49 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from sctconv.nn.model import ModelCard, save_model
-from sctconv.nn.network import Architecture, UNet
-from sctconv.preprocessing.normalize import Normalization
-from sctconv.simulation.simulate import make_phantom, simulate_cbct, simulate_mr, write_simulated_case
+from sctconv.simulation.simulate import make_phantom, simulate_cbct, simulate_mr
+from tests.helpers import make_tiny_model, simulated_cases
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-TINY = Architecture(kind="residual", features=(4, 8, 16), strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)),
-                    kernel_sizes=((3, 3, 3),) * 3, encoder_blocks=(1, 1, 1), decoder_blocks=(1, 1))
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test when that folder is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared/data is not next to this checkout)")
-    return path
-
-
-def make_tiny_model(folder: Path, modality: str = "mr", seed: int = 0) -> Path:
-    """A randomly initialised tiny model folder (fast on CPU)."""
-    torch.manual_seed(seed)
-    input_norm = (Normalization("zscore-case") if modality == "mr"
-                  else Normalization("zscore-dataset", (-1024.0, 3071.0), -300.0, 450.0))
-    card = ModelCard(name=folder.name, modality=modality, regions=["thorax"], architecture=TINY,
-                     spacing=(3.0, 2.5, 2.5), patch_size=(16, 32, 32), input_normalization=input_norm,
-                     target_normalization=Normalization("zscore-dataset", (-1024.0, 3071.0), -200.0, 400.0))
-    save_model(folder, card, UNet(TINY))
-    return folder
-
-
-def simulated_cases(root: Path, names: list[str], modality: str, shape: tuple[int, int, int],
-                    spacing: tuple[float, float, float]) -> None:
-    """Simulated ``modality``/CT pairs ``root/<name>`` from the procedural phantom (seed i for the i-th)."""
-    for i, name in enumerate(names):
-        ct, _ = make_phantom(np.random.default_rng(i), shape=shape, spacing=spacing)
-        path = root / f"ct{i}.nii.gz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(ct, str(path))
-        write_simulated_case(path, root / name, modality, seed=i)
-        path.unlink()
+SYNTHRAD_CASES = ("TH/1THA001", "TH/1THA002", "AB/1ABA001", "HN/1HNA001", "other/case5")
+"""A tiny SynthRAD2025 Task1 tree: two thorax cases, one abdomen, one head-neck, one of unknown region."""
 
 
 @pytest.fixture
@@ -82,3 +46,19 @@ def phantom_files(tmp_path: Path, phantom) -> dict[str, Path]:
     sitk.WriteImage(mr, str(paths["mr"]))
     sitk.WriteImage(cbct, str(paths["cbct"]))
     return paths
+
+
+@pytest.fixture(scope="module")
+def phantom_cases(tmp_path_factory) -> Path:
+    """Three small simulated MR/CT pairs from the procedural phantom."""
+    root = tmp_path_factory.mktemp("phantom_cases")
+    simulated_cases(root, [f"case{i}" for i in range(3)], "mr", (20, 64, 72), (2.5, 2.5, 3.0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthrad_tree(tmp_path_factory) -> Path:
+    """``Task1/{TH,AB,HN,other}/<case>/{mr,ct,mask}.mha`` with tiny phantoms (3 x 2.5 x 2.5 mm)."""
+    root = tmp_path_factory.mktemp("synthrad") / "Task1"
+    simulated_cases(root, list(SYNTHRAD_CASES), "mr", (16, 48, 56), (2.5, 2.5, 3.0))
+    return root

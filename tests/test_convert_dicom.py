@@ -2,15 +2,14 @@
 
 Generated source series (axial, 10-degree oblique, sagittal; HFS, FFS, HFP; MR and CT) go through
 :func:`sctconv.convert.pipeline.convert`; the sCT series is checked with dciodvfy/dcentvfy, re-read with
-SimpleITK and dcm2niix, and compared with the source's identity. Error paths run the real CLI.
-Every DICOM series under ../shared/data either converts or fails with one specific line.
+SimpleITK and dcm2niix, and compared with the source's identity. Error paths run the command line in this
+process. Every DICOM series under ../shared/data converts or fails with the one line stated for it here.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +18,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dicom_factory as factory  # noqa: E402
-from conftest import SHARED_DATA, make_tiny_model  # noqa: E402
-from test_convert import run_cli  # noqa: E402
-from test_dicom_read import assert_same_geometry, sitk_series  # noqa: E402
-from test_dicom_write import DCENTVFY, DCIODVFY, DCM2NIIX, error_lines, run_tool  # noqa: E402
-
-from sctconv.cli import app  # noqa: E402
-from sctconv.io.dicom.read import is_dicom_path, list_series, read_dicom_series  # noqa: E402
-from sctconv.io.dicom.write import SeriesOptions  # noqa: E402
-from sctconv.errors import SctconvError  # noqa: E402
-from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
+from sctconv.io.dicom.read import is_dicom_path, list_series, read_dicom_series
+from sctconv.io.dicom.write import SeriesOptions
+from sctconv.errors import SctconvError
+from sctconv.convert.pipeline import ConvertOptions, convert
+from tests import dicom_factory as factory
+from tests.helpers import (DCENTVFY, DCIODVFY, DCM2NIIX, SHARED_DATA, assert_same_geometry, cli, error_lines,
+                           make_tiny_model, run_tool, shared_data, sitk_series, tool)
 
 CASES = [(orientation, position, "MR") for orientation in ("axial", "oblique", "sagittal")
          for position in ("HFS", "FFS", "HFP")]
@@ -197,9 +190,8 @@ def test_like_attaches_a_nifti_to_the_patient_study_and_frame_of_reference(tmp_p
         assert ds.SeriesInstanceUID != fs.series_uid
         assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
     assert_same_geometry(sitk_series(files[0].parent), axial)
-    if DCIODVFY and DCENTVFY:
-        assert error_lines(run_tool(DCIODVFY, files[0])) == []
-        assert error_lines(run_tool(DCENTVFY, *files, *fs.paths)) == []
+    assert error_lines(run_tool(tool("dciodvfy"), files[0])) == []
+    assert error_lines(run_tool(tool("dcentvfy"), *files, *fs.paths)) == []
 
 
 def test_like_refuses_a_new_patient_and_a_series_without_frame_of_reference(tmp_path, phantom_files,
@@ -244,9 +236,8 @@ def test_allow_uneven_resamples_onto_a_regular_grid(tmp_path, tiny_mr_model, cap
     assert {len(s) for s in sources} == {1, 2} and {uid for s in sources for uid in s} == set(fs.sop_uids)
     referenced = datasets[0].ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert {i.ReferencedSOPInstanceUID for i in referenced} == set(fs.sop_uids)
-    if DCIODVFY and DCENTVFY:
-        assert all(error_lines(run_tool(DCIODVFY, p)) == [] for p in files)
-        assert error_lines(run_tool(DCENTVFY, *files, *fs.paths)) == []
+    assert all(error_lines(run_tool(tool("dciodvfy"), p)) == [] for p in files)
+    assert error_lines(run_tool(tool("dcentvfy"), *files, *fs.paths)) == []
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,11 +247,11 @@ def test_allow_uneven_resamples_onto_a_regular_grid(tmp_path, tiny_mr_model, cap
 
 def test_writer_overrides_on_the_command_line(tmp_path, tiny_mr_model) -> None:
     fs = factory.make_series(tmp_path / "in")
-    result = CliRunner().invoke(app, [
+    result = cli(
         "convert", str(fs.folder), str(tmp_path / "out"), "--model", str(tiny_mr_model), "--quiet",
         "--series-number", "42", "--manufacturer", "ACME RT", "--institution-name", "Clinic X", "--kvp", "120",
         "--series-description", "sCT for planning", "--synthetic-data-tag", "--manufacturer-model-name", "sCT MR HN",
-        "--station-name", "SCT_MR"])
+        "--station-name", "SCT_MR")
     assert result.exit_code == 0, result.stderr
     ds = pydicom.dcmread(next((tmp_path / "out" / "dicom").iterdir()), stop_before_pixels=True)
     assert (ds.SeriesNumber, ds.Manufacturer, ds.InstitutionName, ds.KVP) == (42, "ACME RT", "Clinic X", 120)
@@ -282,10 +273,10 @@ def test_cli_refusals_are_one_line(tmp_path, tiny_mr_model, case) -> None:
     series, args, message = ERROR_CASES[case]
     fs = factory.make_series(tmp_path / "in", **series)
     out = tmp_path / "out"
-    result = run_cli("convert", str(fs.folder), str(out), "--model", str(tiny_mr_model), "--quiet",
-                     *(a.format(src=fs.folder) for a in args))
-    assert_outcome(result.returncode, result.stderr, out)
-    assert result.returncode == 1 and message in result.stderr
+    result = cli("convert", str(fs.folder), str(out), "--model", str(tiny_mr_model), "--quiet",
+                 *(a.format(src=fs.folder) for a in args))
+    assert_outcome(result.exit_code, result.stderr, out)
+    assert result.exit_code == 1 and message in result.stderr
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,28 +285,63 @@ def test_cli_refusals_are_one_line(tmp_path, tiny_mr_model, case) -> None:
 
 
 def real_dicom_folders() -> list[Path]:
-    """Folders under ../shared/data that hold DICOM files themselves (none when it is absent)."""
-    if not SHARED_DATA.is_dir():
-        return []
+    """Folders under ../shared/data that hold DICOM files themselves."""
     return sorted({p.parent for p in SHARED_DATA.rglob("*")
                    if p.is_file() and p.suffix.lower() != ".zip" and is_dicom_path(p)})
 
 
-REAL_FOLDERS = real_dicom_folders() or [
-    pytest.param(None, marks=pytest.mark.skip(reason=f"no DICOM under {SHARED_DATA} (absent next to this checkout)"))]
+CONVERTS = None
+"""The expected outcome of a series that converts: exit 0, a complete output folder, dciodvfy clean."""
+
+TOO_THIN = "sctconv needs at least 2 voxels along each axis"
+REAL_OUTCOMES: dict[str, dict[str, str | None]] = {
+    "dicom2nifti_vendor_mr/ge/anatomical/001": {"": CONVERTS},
+    "dicom2nifti_vendor_mr/generic/compressed_j2k/001": {"": CONVERTS},
+    "dicom2nifti_vendor_mr/hitachi/anatomical/001": {"": CONVERTS},
+    "dicom2nifti_vendor_mr/philips/anatomical/001": {"": CONVERTS},
+    "dicom2nifti_vendor_mr/siemens/anatomical/001": {"": CONVERTS},
+    "lidc_idri_0001_chest_ct/dicom_sample5": {
+        "": "has a gap: 50.0 mm between slices 1 and 2 where 25.0 mm is expected"},  # 5 slices of a longer series
+    "pydicom_testfiles": {
+        "": "holds 4 image series; choose one with --series",
+        "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322": f"has size (128, 128, 1); {TOO_THIN}",
+        "1.3.6.1.4.1.5962.1.3.4.1.20040826185059.5457": f"has size (64, 64, 1); {TOO_THIN}",
+        "1.3.6.1.4.1.5962.1.3.5.1.20040826185059.5457": f"has size (1024, 1024, 1); {TOO_THIN}",
+        "1.2.826.0.1.3680043.2.1143.3712364435022872412969836992152438492":
+            "emri_small.dcm (10 frames) has no Shared/PerFrameFunctionalGroupsSequence",
+    },
+    "totalsegmentator_ct_mr/example_ct_dicom": {"": CONVERTS},
+}
+"""Each DICOM folder under ../shared/data: for the whole folder ("") and, where it holds several series, for each
+``--series``, either CONVERTS or the text of its one error line."""
+REAL_FOLDERS = [pytest.param(folder, marks=[pytest.mark.slow] if CONVERTS in outcomes.values() else [])
+                for folder, outcomes in sorted(REAL_OUTCOMES.items())]
+"""A folder that converts is slow: sliding windows over a real-size series."""
 
 
-@pytest.mark.parametrize("folder", REAL_FOLDERS, ids=lambda f: str(f.relative_to(SHARED_DATA)) if f else "none")
-def test_real_series_convert_or_fail_with_one_line(tmp_path, models, folder) -> None:
-    summaries = list_series(folder)
-    runs = [([], summaries)]
-    if len(summaries) > 1:
-        runs += [(["--series", s.series_instance_uid], [s]) for s in summaries]
-    for k, (args, picked) in enumerate(runs):
+def test_every_real_dicom_folder_has_a_stated_outcome() -> None:
+    """A new DICOM folder in ../shared/data is added to REAL_OUTCOMES."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (../shared/data is not next to this checkout)")
+    assert [str(f.relative_to(SHARED_DATA)) for f in real_dicom_folders()] == sorted(REAL_OUTCOMES)
+
+
+@pytest.mark.parametrize("folder", REAL_FOLDERS)
+def test_real_series_convert_or_fail_as_stated(tmp_path, models, folder) -> None:
+    path = shared_data(folder)
+    summaries = list_series(path)
+    expected = REAL_OUTCOMES[folder]
+    assert set(expected) == {""} | {s.series_instance_uid for s in summaries if len(summaries) > 1}
+    for k, (series, outcome) in enumerate(expected.items()):
+        picked = [s for s in summaries if series in ("", s.series_instance_uid)]
         model = models["CT" if all(s.modality == "CT" for s in picked) else "MR"]
         out = tmp_path / f"out{k}"
-        result = CliRunner().invoke(app, ["convert", str(folder), str(out), "--model", str(model), "--quiet", *args])
+        result = cli("convert", str(path), str(out), "--model", str(model), "--quiet",
+                     *(["--series", series] if series else []))
         assert_outcome(result.exit_code, result.stderr, out)
-        if result.exit_code == 0 and DCIODVFY:
+        if outcome is CONVERTS:
+            assert result.exit_code == 0, (series, result.stderr)
             first = sorted((out / "dicom").glob("*.dcm"))[0]
-            assert error_lines(run_tool(DCIODVFY, first)) == [], first
+            assert error_lines(run_tool(tool("dciodvfy"), first)) == [], first
+        else:
+            assert result.exit_code == 1 and outcome in result.stderr, (series, result.stderr)

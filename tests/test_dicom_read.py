@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -14,18 +12,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dicom_factory as factory  # noqa: E402
-
-from sctconv.io.dicom.read import (  # noqa: E402
+from sctconv.io.dicom.read import (
     SourceSeries,
     is_dicom_path,
     list_series,
     read_dicom_series,
 )
-from sctconv.errors import SctconvError  # noqa: E402
+from sctconv.errors import SctconvError
+from tests import dicom_factory as factory
+from tests.helpers import SHARED_DATA as DATA, assert_same_geometry, cli, sitk_series
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 VENDOR = DATA / "dicom2nifti_vendor_mr"
 PYDICOM_FILES = DATA / "pydicom_testfiles"
 TOTALSEG = DATA / "totalsegmentator_ct_mr"
@@ -40,23 +36,9 @@ def need(path: Path) -> Path:
     return path
 
 
-def assert_same_geometry(a: sitk.Image, b: sitk.Image, tol: float = GEOM_TOL) -> None:
-    assert a.GetSize() == b.GetSize()
-    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-
-
 def assert_same_physical_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOM_TOL) -> None:
     """Same voxels in space, whatever the axis order/flips (NIfTI writers reorient)."""
     assert_same_geometry(sitk.DICOMOrient(a, "LPS"), sitk.DICOMOrient(b, "LPS"), tol)
-
-
-def sitk_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(folder))
-    reader.SetFileNames(names)
-    return reader.Execute()
 
 
 def assert_matches_factory(src: SourceSeries, fs: factory.FactorySeries) -> None:
@@ -254,10 +236,9 @@ def _garble_frame(path: Path) -> None:
 def test_corrupt_compressed_file_is_one_line_with_the_decoders_reason(tmp_path: Path) -> None:
     fs = factory.make_series(tmp_path / "series", compress="j2k", rows=40, cols=36)
     _garble_frame(fs.paths[3])
-    result = subprocess.run([sys.executable, "-m", "sctconv", "convert", str(tmp_path / "series"),
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    result = cli("convert", str(tmp_path / "series"), str(tmp_path / "out"))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: cannot decode the pixel data of {fs.paths[3]}")
     assert "JPEG 2000" in lines[0] and "failed to read the header" in lines[0]  # openjpeg's reason
     assert not (tmp_path / "out").exists()
@@ -302,17 +283,15 @@ def test_localizer_and_odd_size_are_dropped(tmp_path: Path, caplog) -> None:
     assert list_series(tmp_path)[0].slices == 6
 
 
-def test_non_dicom_and_rt_files_are_ignored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("real_rt_files", [False, True])
+def test_non_dicom_and_rt_files_are_ignored(tmp_path: Path, real_rt_files: bool) -> None:
     fs = factory.make_series(tmp_path / "a" / "b")
     (tmp_path / "README.txt").write_text("hello")
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 10)
     (tmp_path / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 20)
-    rtstruct = PYDICOM_FILES / "rtstruct.dcm"
-    if rtstruct.exists():
-        shutil.copy(rtstruct, tmp_path / "rtstruct.dcm")
-    rtdose = PYDICOM_FILES / "rtdose.dcm"
-    if rtdose.exists():
-        shutil.copy(rtdose, tmp_path / "rtdose.dcm")
+    if real_rt_files:  # an RT Structure Set and an RT Dose beside the series
+        for name in ("rtstruct.dcm", "rtdose.dcm"):
+            shutil.copy(need(PYDICOM_FILES / name), tmp_path / name)
     assert len(list_series(tmp_path)) == 1
     assert_matches_factory(read_dicom_series(tmp_path), fs)
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +13,11 @@ import SimpleITK as sitk
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dicom_factory as factory  # noqa: E402
-
-from sctconv.io.dicom.read import SourceSeries, read_dicom_series  # noqa: E402
-from sctconv.io.dicom.write import SeriesOptions, format_ds, write_sct_series  # noqa: E402
-from sctconv.errors import SctconvError  # noqa: E402
-
-DCIODVFY = shutil.which("dciodvfy")
-DCENTVFY = shutil.which("dcentvfy")
-DCM2NIIX = shutil.which("dcm2niix")
+from sctconv.io.dicom.read import SourceSeries, read_dicom_series
+from sctconv.io.dicom.write import SeriesOptions, format_ds, write_sct_series
+from sctconv.errors import SctconvError
+from tests import dicom_factory as factory
+from tests.helpers import DCENTVFY, DCIODVFY, DCM2NIIX, error_lines, run_tool, tool
 
 OPTIONS = SeriesOptions(
     model_name="synthmr-unet", model_version="2.1", software_version="0.1.0",
@@ -72,16 +64,6 @@ def written(tmp_path_factory):
 
     yield get
     _CACHE.clear()
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.strip().startswith("Error")]
-
-
-def run_tool(*args: str | Path) -> str:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60,
-                            errors="replace")
-    return result.stdout + result.stderr
 
 
 def walk(ds: Dataset):
@@ -353,13 +335,12 @@ def test_non_dicom_source_oblique_and_left_handed(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.GetSpacing(), expected.GetSpacing(), atol=1e-3)
     np.testing.assert_allclose(sitk.GetArrayFromImage(back),
                                np.rint(sitk.GetArrayFromImage(expected)), atol=0.5)
-    if DCIODVFY:
-        for p in paths:
-            out = run_tool(DCIODVFY, p)
-            # dicom3tools 2022 does not know SyntheticData (0008,001C) yet.
-            errors = [e for e in error_lines(out) if "0x0008,0x001c" not in e.lower()
-                      and "syntheticdata" not in e.lower().replace(" ", "")]
-            assert errors == [], out
+    for p in paths:
+        out = run_tool(tool("dciodvfy"), p)
+        # dicom3tools 2022 does not know SyntheticData (0008,001C) yet.
+        errors = [e for e in error_lines(out) if "0x0008,0x001c" not in e.lower()
+                  and "syntheticdata" not in e.lower().replace(" ", "")]
+        assert errors == [], out
 
 
 def test_non_dicom_source_defaults(tmp_path: Path) -> None:
@@ -368,8 +349,7 @@ def test_non_dicom_source_defaults(tmp_path: Path) -> None:
     assert ds.PatientID == "SCTCONV" and str(ds.PatientName) == "sctconv^synthetic"
     assert ds.SeriesNumber == 1000 and ds.PatientPosition == "HFS"
     assert ds.SeriesDescription == "sCT"
-    if DCIODVFY:
-        assert error_lines(run_tool(DCIODVFY, tmp_path / "CT.0001.dcm")) == []
+    assert error_lines(run_tool(tool("dciodvfy"), tmp_path / "CT.0001.dcm")) == []
 
 
 def test_grid_mismatch_is_refused(written, tmp_path: Path) -> None:
@@ -418,9 +398,8 @@ def test_long_strings_are_truncated_and_valid(tmp_path: Path) -> None:
     assert len(ds.SeriesDescription) == 64 and len(ds.InstitutionName) == 64
     assert len(ds.file_meta.ImplementationVersionName) <= 16
     assert len(ds.DerivationDescription) <= 1024
-    if DCIODVFY:
-        assert error_lines(run_tool(DCIODVFY, paths[0])) == []
     assert fs.series_uid in ds.DerivationDescription
+    assert error_lines(run_tool(tool("dciodvfy"), paths[0])) == []
 
 
 def test_laterality_position_and_charset(tmp_path: Path, caplog) -> None:
@@ -440,8 +419,7 @@ def test_laterality_position_and_charset(tmp_path: Path, caplog) -> None:
     assert ds.PatientPosition == ""
     assert str(ds.PatientName) == "Müller^Jürgen"
     assert ds.SpecificCharacterSet == "ISO_IR 100"  # the source's, which holds these names
-    if DCENTVFY:
-        assert error_lines(run_tool(DCENTVFY, *paths, *fs.paths)) == []
+    assert error_lines(run_tool(tool("dcentvfy"), *paths, *fs.paths)) == []
 
 
 def test_non_ascii_name_without_dicom_source_uses_utf8(tmp_path: Path) -> None:
@@ -477,5 +455,4 @@ def test_enhanced_source_references_frames(tmp_path: Path) -> None:
         assert int(ref.ReferencedFrameNumber) == source.frame_numbers[k]
     back = read_sitk_series(paths)
     np.testing.assert_allclose(back.GetOrigin(), source.image.GetOrigin(), atol=1e-3)
-    if DCIODVFY:
-        assert error_lines(run_tool(DCIODVFY, paths[0])) == []
+    assert error_lines(run_tool(tool("dciodvfy"), paths[0])) == []

@@ -33,7 +33,7 @@ from sctconv.evaluation.image_metrics import image_metrics
 from sctconv.nn.model import ModelCard, save_model
 from sctconv.nn.network import UNet
 from sctconv.preprocessing.normalize import Normalization
-from tests.conftest import TINY
+from tests.helpers import TINY, cli
 
 SHAPE = (12, 40, 44)
 SPACING_XYZ = (1.1, 0.9, 2.5)
@@ -221,14 +221,14 @@ def test_cli_errors_are_one_line(tmp_path):
     ct, sct, mask = make_pair()
     sitk.WriteImage(ct, str(tmp_path / "ct.mha"))
     sitk.WriteImage(sct[:, :, :11], str(tmp_path / "sct.mha"))
-    done = run_cli("evaluate", str(tmp_path / "sct.mha"), str(tmp_path / "ct.mha"))
-    assert done.returncode == 1 and done.stdout == ""
+    done = cli("evaluate", str(tmp_path / "sct.mha"), str(tmp_path / "ct.mha"))
+    assert done.exit_code == 1 and done.stdout == ""
     assert done.stderr.startswith("error: the sCT has size") and done.stderr.count("\n") == 1
 
     write_case(tmp_path / "gt" / "case1", ct, mask)
     (tmp_path / "pred").mkdir()
-    done = run_cli("evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"))
-    assert done.returncode == 1 and "no prediction for case1" in done.stderr
+    done = cli("evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"))
+    assert done.exit_code == 1 and "no prediction for case1" in done.stderr
 
 
 def test_cli_with_a_segmentation_model(tmp_path):

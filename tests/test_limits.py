@@ -3,8 +3,6 @@ work, with a clear line; --allow-large insists."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from sctconv.convert import limits, pipeline
 from sctconv.errors import SctconvError
 from sctconv.nn.model import load_model, save_model
 from sctconv.convert.pipeline import ConvertOptions, convert
+from tests.helpers import cli
 
 
 class Predicted(Exception):
@@ -88,8 +87,7 @@ def test_plausible_inputs_pass_the_guards(phantom, tiny_mr_model):
 
 def test_the_cli_refuses_the_issues_example_in_one_line(tmp_path, tiny_mr_model):
     path = _write(tmp_path / "in.nii.gz", (32, 64, 64), (50.0, 50.0, 50.0))
-    result = subprocess.run([sys.executable, "-m", "sctconv", "convert", str(path), str(tmp_path / "out"),
-                             "--model", str(tiny_mr_model)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    result = cli("convert", str(path), str(tmp_path / "out"), "--model", str(tiny_mr_model))
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert "--allow-large" in result.stderr.replace("\n", " ")
     assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from scipy import ndimage
 from sctconv.hu import CT_BODY_THRESHOLD_HU
 from sctconv.preprocessing.body_mask import body_mask, mr_threshold
 from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct
-from tests.conftest import shared_data
+from tests.helpers import shared_data
 
 LIDC_LUNG_LABELS = (10, 11, 12, 13, 14, 16)  # lung lobes and trachea (totalseg_structures.csv)
 LUNG_HU = -400.0

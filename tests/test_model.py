@@ -11,7 +11,7 @@ from sctconv.nn.model import (SHIPPED_MODELS, available_models, canonical_region
                               save_model)
 from sctconv.preprocessing.normalize import Normalization
 from sctconv.inference.predict import OnnxBackend
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def test_card_round_trip_and_strict_weights(tmp_path: Path):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from sctconv.nn.network import Architecture, UNet, count_parameters
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_paper_residual_unet_size_and_layout():

@@ -17,8 +17,7 @@ from sctconv.errors import SctconvError
 from sctconv.nn.network import Architecture, UNet
 from sctconv.training.plan import activation_elements, load_plan, make_plan, network, topology
 from sctconv.simulation.simulate import make_phantom, write_simulated_case
-from tests.conftest import TINY
-from tests.test_train import sctconv, synthrad_tree  # noqa: F401 (synthrad_tree is a fixture)
+from tests.helpers import TINY, sctconv
 
 PAPER_PATCH = (40, 160, 224)
 
@@ -93,7 +92,8 @@ def test_fingerprint_of_a_cbct_dataset(tmp_path):
         assert stats["percentile_00_5"] < stats["mean"] < stats["percentile_99_5"] and stats["std"] > 0
 
 
-def test_plan_then_train(synthrad_tree, tmp_path):  # noqa: F811 (the fixture)
+@pytest.mark.slow
+def test_plan_then_train(synthrad_tree, tmp_path):
     path = tmp_path / "plan.json"
     sctconv("plan", "--data", str(synthrad_tree), "--task", "mr", "--region", "thorax", "--network", "small",
             "--gpu-memory", "0.03", "--output", str(path))

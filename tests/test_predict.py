@@ -71,6 +71,7 @@ def test_gaussian_weights_peak_in_the_centre_and_have_no_zeros():
     assert w[4, 8, 8] > w[0, 0, 0]
 
 
+@pytest.mark.slow  # exporting to ONNX takes torch.onnx tens of seconds
 def test_onnx_export_matches_torch(tiny_mr_model: Path, tmp_path: Path):
     model = load_model(tiny_mr_model)
     path = tmp_path / "model.onnx"

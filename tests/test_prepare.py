@@ -20,8 +20,7 @@ from sctconv.training.data import discover_cases, is_prepared, open_prepared
 from sctconv.errors import SctconvError
 from sctconv.nn.model import SHIPPED_MODELS
 from sctconv.preprocessing.grid import to_model_grid
-from tests.conftest import simulated_cases
-from tests.test_train import sctconv
+from tests.helpers import cli, sctconv, simulated_cases
 
 SPACING = (3.0, 2.5, 2.5)
 QUIET = Console(quiet=True)
@@ -98,27 +97,24 @@ def test_a_broken_label_map_only_stops_a_teachers_preparation(cbct_cases, tmp_pa
 
 def test_prepare_command_and_refusals(cbct_cases, tmp_path):
     prep = tmp_path / "prep"
-    result = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(prep))
-    assert "3 cases prepared at 3 x 2.5 x 2.5 mm" in result.stderr
+    result = cli("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(prep))
+    assert result.exit_code == 0 and "3 cases prepared at 3 x 2.5 x 2.5 mm" in result.stderr
     index = json.loads((prep / "dataset.json").read_text())
     assert index["task"] == "cbct" and str(cbct_cases) not in json.dumps(index)  # no paths
 
     def train_error(data: Path, *args: str) -> str:
-        result = sctconv("train", "--data", str(data), "--task", "cbct", "--output", str(tmp_path / "m"), *args,
-                         check=False)
+        result = cli("train", "--data", str(data), "--task", "cbct", "--output", str(tmp_path / "m"), *args)
         last = result.stderr.strip().splitlines()[-1]
-        assert result.returncode == 1 and last.startswith("error: ") and "Traceback" not in result.stderr
+        assert result.exit_code == 1 and last.startswith("error: ") and "Traceback" not in result.stderr
         return last
 
-    assert "prepared for --task cbct" in sctconv("train", "--data", str(prep), "--task", "mr", "--output",
-                                                 str(tmp_path / "m"), check=False).stderr
+    assert "prepared for --task cbct" in cli("train", "--data", str(prep), "--task", "mr", "--output",
+                                             str(tmp_path / "m")).stderr
     assert "prepared at" in train_error(prep, "--preset", "paper")
-    other = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--preset", "paper", "--output", str(prep),
-                    check=False)
-    assert other.returncode == 1 and "holds a dataset prepared for --task cbct at" in other.stderr
-    into_data = sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(cbct_cases),
-                        check=False)
-    assert into_data.returncode == 1 and "holds other files than a prepared dataset" in into_data.stderr
+    other = cli("prepare", "--data", str(cbct_cases), "--task", "cbct", "--preset", "paper", "--output", str(prep))
+    assert other.exit_code == 1 and "holds a dataset prepared for --task cbct at" in other.stderr
+    into_data = cli("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(cbct_cases))
+    assert into_data.exit_code == 1 and "holds other files than a prepared dataset" in into_data.stderr
     assert not (cbct_cases / "dataset.json").exists()
 
     broken = tmp_path / "broken"
@@ -148,6 +144,7 @@ def without_imaging_packages(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_stage_1_and_afp_train_from_a_prepared_dataset_without_imaging_packages(cbct_cases, tmp_path):
     teacher = SHIPPED_MODELS / "ct-teacher-small"
     sctconv("prepare", "--data", str(cbct_cases), "--task", "cbct", "--output", str(tmp_path / "prep"))

@@ -16,7 +16,7 @@ from sctconv.nn.model import CARD_NAME, REGIONS, read_card
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.preprocessing.region import HEAD_NECK_MIN_MM, detect_region
 from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_mr
-from tests.conftest import SHARED_DATA, make_tiny_model, shared_data
+from tests.helpers import SHARED_DATA, make_tiny_model, shared_data
 
 # (folder/file under ../shared/data, modality, value offset to HU, expected region)
 OPENKBP = [f"openkbp_hn_ct/pt_{n}/ct.nii.gz" for n in (1, 2, 4, 6, 7, 13, 17, 24, 27, 34, 43, 55, 67, 106, 115)]

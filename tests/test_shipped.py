@@ -1,4 +1,5 @@
-"""The shipped models on the shipped examples and on a real CT none of them was trained on."""
+"""The shipped models on the shipped examples and on a real CT none of them was trained on (real-size
+inference on CPU: every test here is marked slow)."""
 
 from __future__ import annotations
 
@@ -15,20 +16,19 @@ from sctconv.evaluation.image_metrics import mae
 from sctconv.nn.model import SHIPPED_MODELS, available_models
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.simulation.simulate import simulate_cbct, simulate_mr
-from tests.conftest import shared_data
-from tests.test_convert import check_sct_folder, run_cli
+from tests.helpers import check_sct_folder, sctconv, shared_data, skull_figures
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHIPPED = {card.modality: card for _, card in available_models(SHIPPED_MODELS) if card.task == "synthesis"}
 needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in sctconv/models/")
+pytestmark = pytest.mark.slow
 
 
 @needs_models
 @pytest.mark.parametrize("example", ["phantom_mr.nii.gz", "phantom_cbct.nii.gz"])
 def test_readme_command_on_the_examples(example, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("convert", str(EXAMPLES / example), str(out))
-    assert result.returncode == 0, result.stderr
+    sctconv("convert", str(EXAMPLES / example), str(out))
     assert {"sct.nii.gz", "mask.nii.gz", "report.json", "preview.png", "dicom"} <= {p.name for p in out.iterdir()}
     values, mask = check_sct_folder(out, EXAMPLES / example)
     report = json.loads((out / "report.json").read_text())
@@ -40,8 +40,7 @@ def test_readme_command_on_the_examples(example, tmp_path):
 
 @needs_models
 def test_dicom_example_converts(tmp_path):
-    result = run_cli("convert", str(EXAMPLES / "phantom_mr_dicom"), str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr
+    sctconv("convert", str(EXAMPLES / "phantom_mr_dicom"), str(tmp_path / "out"))
     assert len(list((tmp_path / "out" / "dicom").glob("*.dcm"))) == 40
 
 
@@ -68,15 +67,6 @@ def test_heldout_real_ct_beats_a_constant_soft_tissue_ct(modality, tmp_path):
 
 REAL_HEAD_MRS = ["brain1_image.nrrd", "brain2_image.nrrd"]
 """The real T1 head MRs of ../shared/data (pyradiomics, 6.5 mm slices); no model saw them."""
-
-
-def skull_figures(sct: np.ndarray, head: np.ndarray, spacing_zyx: tuple[float, float, float]) -> tuple[float, float]:
-    """(share of the head above 250 HU, share of those voxels within 20 mm of the head surface)."""
-    from scipy import ndimage
-
-    bone = (sct > 250.0) & head
-    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    return float(bone.sum() / head.sum()), float((depth[bone] <= 20.0).mean()) if bone.any() else 0.0
 
 
 @needs_models

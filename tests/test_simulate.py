@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +11,10 @@ from scipy import ndimage
 
 from sctconv.errors import SctconvError
 from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_cbct, simulate_mr, write_simulated_case
+from tests import dicom_factory as factory
+from tests.helpers import SHARED_DATA
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dicom_factory as factory  # noqa: E402
-
-REAL_CT = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_ct_mr" / "example_ct_sm.nii.gz"
-)
+REAL_CT = SHARED_DATA / "totalsegmentator_ct_mr" / "example_ct_sm.nii.gz"
 
 
 def _array(image: sitk.Image) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,36 +26,9 @@ from sctconv.simulation.simulate import make_phantom, write_simulated_case
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
 from sctconv.training.stages import bone_weighted_l1
 from sctconv.training.train import TrainConfig, patch_centres, poly_lr, split_cases
-from tests.conftest import shared_data, simulated_cases
+from tests.helpers import cli, sctconv, shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
-SYNTHRAD_CASES = ("TH/1THA001", "TH/1THA002", "AB/1ABA001", "HN/1HNA001", "other/case5")
-"""A tiny SynthRAD2025 Task1 tree: two thorax cases, one abdomen, one head-neck, one of unknown region."""
-
-
-def sctconv(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "sctconv", *args], capture_output=True, text=True, env=env,
-                            timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr[-2000:])
-    return result
-
-
-@pytest.fixture(scope="module")
-def phantom_cases(tmp_path_factory) -> Path:
-    """Three small simulated MR/CT pairs from the procedural phantom."""
-    root = tmp_path_factory.mktemp("phantom_cases")
-    simulated_cases(root, [f"case{i}" for i in range(3)], "mr", (20, 64, 72), (2.5, 2.5, 3.0))
-    return root
-
-
-@pytest.fixture(scope="module")
-def synthrad_tree(tmp_path_factory) -> Path:
-    """``Task1/{TH,AB,HN,other}/<case>/{mr,ct,mask}.mha`` with tiny phantoms (3 x 2.5 x 2.5 mm)."""
-    root = tmp_path_factory.mktemp("synthrad") / "Task1"
-    simulated_cases(root, list(SYNTHRAD_CASES), "mr", (16, 48, 56), (2.5, 2.5, 3.0))
-    return root
 
 
 def test_poly_lr_and_split():
@@ -99,6 +71,7 @@ def test_synthrad_regions_come_from_the_folders(synthrad_tree):
         select_regions(discover_cases(synthrad_tree / "TH", "mr"), ["abdomen"])
 
 
+@pytest.mark.slow
 def test_train_on_one_region_and_fold(synthrad_tree, tmp_path):
     out = tmp_path / "model"
     sctconv("train", "--data", str(synthrad_tree), "--region", "thorax", "--fold", "1", "--folds", "3",
@@ -109,8 +82,8 @@ def test_train_on_one_region_and_fold(synthrad_tree, tmp_path):
     training = json.loads((out / "model.json").read_text())["training"]
     assert training["fold"] == 1 and training["validation_cases"] == split["validation"]
     OnnxBackend(load_model(out), out / "model.onnx", "cpu")  # the export is bound to the weights it saved
-    assert sctconv("train", "--data", str(synthrad_tree), "--fold", "1", "--val-data", str(synthrad_tree),
-                   "--output", str(tmp_path / "bad"), check=False).stderr.startswith("error: --fold")
+    assert cli("train", "--data", str(synthrad_tree), "--fold", "1", "--val-data", str(synthrad_tree),
+               "--output", str(tmp_path / "bad")).stderr.startswith("error: --fold")
 
 
 def test_patches_are_centred_in_the_body_and_padded():
@@ -158,6 +131,7 @@ def test_grouping_covers_the_lidc_label_map():
     assert {"organs", "cardiac", "ribs", "vertebrae"} <= present
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_model(phantom_cases, tmp_path):
     args = ["train", "--data", str(phantom_cases), "--task", "mr", "--epochs", "4", "--iterations", "3",
             "--device", "cpu", "--val-every", "2"]
@@ -185,6 +159,7 @@ def test_resume_after_kill_9_gives_the_same_model(phantom_cases, tmp_path):
     assert losses(interrupted) == losses(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_stage1_teacher_afp_then_convert_on_real_ct(tmp_path):
     """The paper's pipeline on simulated pairs from a real CT: L1, teacher, AFP, then convert."""
     ct = shared_data("totalsegmentator_ct_mr", "example_ct_sm.nii.gz")
@@ -208,12 +183,11 @@ def test_stage1_teacher_afp_then_convert_on_real_ct(tmp_path):
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m sctconv ARGS`` on CPU (gloo); skipped without torchrun."""
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not on PATH")
+    """``torchrun --standalone --nproc_per_node 2 -m sctconv ARGS`` on CPU (gloo), as the module behind the
+    ``torchrun`` script, so that it runs whether or not the environment's scripts are on PATH."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "sctconv", *args],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "sctconv", *args], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -227,6 +201,7 @@ def ddp_model(phantom_cases, tmp_path_factory) -> tuple[Path, list[str]]:
     return out, args
 
 
+@pytest.mark.slow
 def test_torchrun_trains_a_loadable_model(ddp_model):
     out, _ = ddp_model
     model = load_model(out)
@@ -235,35 +210,36 @@ def test_torchrun_trains_a_loadable_model(ddp_model):
     assert len(states) == 2 and states[0] != states[1]  # one generator per rank, seeded apart
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_with_every_rank_state(ddp_model):
     out, args = ddp_model
     result = torchrun(*args, "--epochs", "2")
     assert "resumed from" in result.stderr + result.stdout
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
-    single = sctconv(*args, "--epochs", "3", check=False)
-    assert single.returncode == 1 and "written by 2 process(es)" in single.stderr
+    single = cli(*args, "--epochs", "3")
+    assert single.exit_code == 1 and "written by 2 process(es)" in single.stderr
 
 
-
+@pytest.mark.slow
 def test_misused_stages_and_foreign_checkpoints_are_refused(phantom_cases, tmp_path):
     l1 = tmp_path / "l1"
     sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr", "--epochs", "1",
             "--iterations", "1", "--device", "cpu")
-    teacher_on_l1 = sctconv("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
-                            "--teacher", str(l1), check=False)
-    assert teacher_on_l1.returncode == 1 and "belongs to --stage afp" in teacher_on_l1.stderr
-    bone_on_afp = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
-                          str(phantom_cases), "--output", str(tmp_path / "y"), "--task", "mr", "--bone-weight", "2",
-                          check=False)
-    assert bone_on_afp.returncode == 1 and "--bone-weight" in bone_on_afp.stderr
-    into_init = sctconv("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
-                        str(phantom_cases), "--output", str(l1), "--task", "mr", check=False)
-    assert into_init.returncode == 1 and "new folder" in into_init.stderr
-    other_network = sctconv("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr",
-                            "--preset", "paper", "--epochs", "1", "--iterations", "1", "--device", "cpu", check=False)
-    assert other_network.returncode == 1 and "belongs to another run" in other_network.stderr
+    teacher_on_l1 = cli("train", "--data", str(phantom_cases), "--output", str(tmp_path / "x"), "--task", "mr",
+                        "--teacher", str(l1))
+    assert teacher_on_l1.exit_code == 1 and "belongs to --stage afp" in teacher_on_l1.stderr
+    bone_on_afp = cli("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
+                      str(phantom_cases), "--output", str(tmp_path / "y"), "--task", "mr", "--bone-weight", "2")
+    assert bone_on_afp.exit_code == 1 and "--bone-weight" in bone_on_afp.stderr
+    into_init = cli("train", "--stage", "afp", "--init", str(l1), "--teacher", str(l1), "--data",
+                    str(phantom_cases), "--output", str(l1), "--task", "mr")
+    assert into_init.exit_code == 1 and "new folder" in into_init.stderr
+    other_network = cli("train", "--data", str(phantom_cases), "--output", str(l1), "--task", "mr",
+                        "--preset", "paper", "--epochs", "1", "--iterations", "1", "--device", "cpu")
+    assert other_network.exit_code == 1 and "belongs to another run" in other_network.stderr
 
 
+@pytest.mark.slow
 def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
     """--init with stage l1 continues training a model (another session, the committed weights)."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -279,6 +255,7 @@ def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
     """--simulate-input trains MR from CT-only folders, validated on fixed simulated pairs; bf16 on CPU."""
     cts = tmp_path / "cts"
@@ -297,11 +274,11 @@ def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
     assert card["training"]["device"].startswith("CPU") and card["training"]["iterations"] == 6
     assert {"bone_dice", "constant_water_mae_hu", "per_region"} <= set(card["metrics"])
     assert set(card["metrics"]["per_region"]) == {"unknown"}
-    no_val = sctconv("train", "--data", str(cts), "--output", str(tmp_path / "x"), "--task", "mr",
-                     "--simulate-input", check=False)
-    assert no_val.returncode == 1 and "--val-data" in no_val.stderr
+    no_val = cli("train", "--data", str(cts), "--output", str(tmp_path / "x"), "--task", "mr", "--simulate-input")
+    assert no_val.exit_code == 1 and "--val-data" in no_val.stderr
 
 
+@pytest.mark.slow
 def test_cbct_model_learns_a_correction_of_its_input(tmp_path):
     """A CBCT model is residual: input and target share the CT normalization, and the network's
     output is its input plus a correction."""

@@ -17,6 +17,7 @@ from sctconv.nn.model import SHIPPED_MODELS, available_models
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_MR = REPO / "examples" / "phantom_mr.nii.gz"
+pytestmark = pytest.mark.slow  # pip builds the wheel; the shipped MR model converts at real size
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import itertools
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,6 +56,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@contextmanager
+def cudnn_benchmark(on: bool) -> Iterator[None]:
+    """With ``on``, let cuDNN time its kernels and keep the fastest (inputs of one size) for the work inside;
+    ``torch.backends.cudnn.benchmark`` is as it was afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 class TorchBackend:
     """The network in PyTorch; fp16 autocast on CUDA, float32 on CPU."""
 
@@ -62,13 +76,12 @@ class TorchBackend:
     def __init__(self, network: UNet, device: str) -> None:
         self.device = device
         self.network = network.to(device).eval()
-        if device.startswith("cuda"):
-            torch.backends.cudnn.benchmark = True  # windows of one size: cuDNN may pick its fastest kernels
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+        cuda = self.device.startswith("cuda")
+        with cudnn_benchmark(cuda), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             y = self.network(x)
         return y.float().cpu().numpy()
 

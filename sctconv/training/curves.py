@@ -1,19 +1,18 @@
-"""Training curves as a PNG: loss and the validation metric per epoch."""
+"""Training curves as a PNG: loss and the validation metric per epoch. matplotlib's object API (no pyplot, no
+backend switch), so that importing this module changes nothing global."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def save_curves(history: list[dict], path: Path, title: str) -> None:
     """Training and validation loss, and the validation metric (MAE or Dice), per epoch."""
     epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [h["train_loss"] for h in history], label="train loss", marker=".")
     val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
     if val:
@@ -31,4 +30,3 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -46,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sctconv.errors import SctconvError
 from sctconv.hu import BONE_HU
-from sctconv.inference.predict import export_onnx
+from sctconv.inference.predict import cudnn_benchmark, export_onnx
 from sctconv.nn.model import ONNX_NAME, Model, ModelCard, load_model, save_model
 from sctconv.nn.network import UNet, build_network, count_parameters
 from sctconv.preprocessing.normalize import ct_value
@@ -65,7 +65,8 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
     ranks = start_ranks(config.device)
     try:
         config.out.mkdir(parents=True, exist_ok=True)
-        return run_stage(make_stage(config), ranks, (console or Console()) if ranks.main else Console(quiet=True))
+        with cudnn_benchmark(ranks.device.startswith("cuda")):  # patches of one size, as nnU-Net
+            return run_stage(make_stage(config), ranks, (console or Console()) if ranks.main else Console(quiet=True))
     finally:
         if ranks.world > 1:
             torch.distributed.destroy_process_group()
@@ -166,10 +167,8 @@ class Precision:
         return torch.channels_last_3d if self.bf16 else torch.contiguous_format
 
     def apply(self, network: UNet) -> None:
-        """The network's weights in this memory format; cuDNN's benchmark mode with amp (patches of one
-        size: cuDNN may pick its fastest kernels, as nnU-Net does)."""
+        """The network's weights in this memory format."""
         network.to(memory_format=self.memory_format)
-        torch.backends.cudnn.benchmark = self.amp
 
 
 @dataclass(frozen=True)
