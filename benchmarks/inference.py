@@ -22,10 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from sctconv.nn.model import load_model, resolve_model
-from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.inference.predict import window_starts
+from sctconv.nn.model import load_model, resolve_model
+from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -223,8 +223,8 @@ def export(
     output: Annotated[Optional[Path], typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
 ) -> None:
     """Export a model to ONNX (for `convert --backend onnx`)."""
-    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
     from sctconv.inference.predict import export_onnx
+    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
 
     loaded = load_model(resolve_model(model, "", None))
     path = output or loaded.folder / ONNX_NAME
@@ -249,8 +249,17 @@ def evaluate(
     device: Annotated[str, typer.Option(help="Segmentation device: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Score sCTs against CTs as SynthRAD2025 does: MAE, PSNR, MS-SSIM (Dice and HD95 with --segmenter)."""
-    from sctconv.evaluation.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, convert_output_image, evaluate_files,
-                                             evaluate_folders, json_safe, load_segmenter, summarize, write_csv)
+    from sctconv.evaluation.evaluate import (
+        SUMMARY_METRICS,
+        SUMMARY_STATS,
+        convert_output_image,
+        evaluate_files,
+        evaluate_folders,
+        json_safe,
+        load_segmenter,
+        summarize,
+        write_csv,
+    )
 
     model = load_segmenter(segmenter, device) if segmenter else None
     folders = pred.is_dir() and gt.is_dir() and convert_output_image(pred) is None
@@ -312,8 +321,8 @@ def plan_command(
     output: Annotated[Path, typer.Option(help="Plan file to write.")] = Path("plan.json"),
 ) -> None:
     """Fingerprint a dataset and plan spacing, network depth, patch and batch size (for train --plan)."""
-    from sctconv.training.data import discover_cases, select_regions
     from sctconv.nn.model import MODALITIES, canonical_region
+    from sctconv.training.data import discover_cases, select_regions
     from sctconv.training.plan import plan_document, write_plan
     from sctconv.training.prepare import fingerprint_cases
 
@@ -346,8 +355,8 @@ def prepare_command(
 ) -> None:
     """Read raw cases once into a prepared dataset (model grid, cropped to the body, no identifiers
     or paths) that sctconv train --data reads anywhere, without the raw images or SimpleITK."""
-    from sctconv.training.data import discover_cases, select_regions
     from sctconv.nn.model import canonical_region
+    from sctconv.training.data import discover_cases, select_regions
     from sctconv.training.prepare import prepare_dataset
     from sctconv.training.setup import network_setup
 

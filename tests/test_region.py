@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.preprocessing.body_mask import body_mask
-from sctconv.nn.model import CARD_NAME, REGIONS, read_card
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.nn.model import CARD_NAME, REGIONS, read_card
+from sctconv.preprocessing.body_mask import body_mask
 from sctconv.preprocessing.region import HEAD_NECK_MIN_MM, detect_region
 from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_mr
 from tests.helpers import SHARED_DATA, make_tiny_model, shared_data

@@ -17,13 +17,13 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from sctconv.training.data import discover_cases, sample_patch, select_regions, CaseArrays
-from sctconv.errors import SctconvError
-from sctconv.nn.model import load_model
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.errors import SctconvError
 from sctconv.inference.predict import OnnxBackend
-from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.nn.model import load_model
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
+from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.training.data import CaseArrays, discover_cases, sample_patch, select_regions
 from sctconv.training.stages import bone_weighted_l1
 from sctconv.training.train import TrainConfig, patch_centres, poly_lr, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases

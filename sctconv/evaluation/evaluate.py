@@ -43,16 +43,16 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io.files import find_image, folders_with
-from sctconv.io.images import read_volume
-from sctconv.preprocessing.body_mask import body_mask
 from sctconv.evaluation.image_metrics import image_metrics
 from sctconv.hu import HU_MIN
-from sctconv.preprocessing.normalize import normalize
 from sctconv.inference.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocessing.grid import image_like, to_model_grid
+from sctconv.io.files import find_image, folders_with
+from sctconv.io.images import read_volume
 from sctconv.nn.segmenter import Segmenter
 from sctconv.nn.teacher import load_teacher
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.preprocessing.grid import image_like, to_model_grid
+from sctconv.preprocessing.normalize import normalize
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from scipy import ndimage
 import torch
 from rich.progress import Progress
+from scipy import ndimage
 
 from sctconv.errors import SctconvError
 from sctconv.nn.model import WEIGHTS_NAME, Model, ModelCard

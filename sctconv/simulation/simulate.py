@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io.images import read_label_map, read_volume, write_image
 from sctconv.hu import CT_BODY_THRESHOLD_HU, HU_MAX, HU_MIN
+from sctconv.io.images import read_label_map, read_volume, write_image
 from sctconv.io.output_dir import atomic_output_dir, check_output_dir
 from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.preprocessing.grid import image_like

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from sctconv.errors import SctconvError
+from sctconv.hu import HU_MIN
 from sctconv.io.files import find_image, folders_with
 from sctconv.nn.model import REGION_ALIASES, ModelCard
-from sctconv.hu import HU_MIN
+from sctconv.nn.teacher import GROUPS, tissue_labels
 from sctconv.preprocessing.normalize import normalize
 from sctconv.simulation.synth_mr import simulate_mr_array
-from sctconv.nn.teacher import GROUPS, tissue_labels
 
 PREPARED_FORMAT = "sctconv-prepared"
 PREPARED_VERSION = 2

@@ -22,13 +22,24 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from sctconv.training.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays,
-                                   PreparedCase, fingerprint, read_index, save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
+from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.io.images import read_label_map, read_mask, read_volume
 from sctconv.preprocessing.body_mask import body_mask
-from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.preprocessing.grid import check_voxels, to_model_grid
+from sctconv.training.data import (
+    DATASET_FILE,
+    PREPARED_VERSION,
+    Case,
+    Intensities,
+    Measurement,
+    PreparedArrays,
+    PreparedCase,
+    fingerprint,
+    read_index,
+    save_prepared_case,
+    write_dataset_index,
+)
 
 log = logging.getLogger(__name__)
 

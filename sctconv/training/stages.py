@@ -29,8 +29,7 @@ from sctconv.preprocessing.normalize import Normalization, ct_value
 from sctconv.training.config import StageName, TrainConfig
 from sctconv.training.data import CaseArrays, PreparedCase, fingerprint
 from sctconv.training.plan import NetworkSetup
-from sctconv.training.validation import (final_metrics, teacher_metrics, validate_segmentation,
-                                         validate_synthesis)
+from sctconv.training.validation import final_metrics, teacher_metrics, validate_segmentation, validate_synthesis
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(network output, target) → a scalar loss."""

@@ -53,8 +53,19 @@ from sctconv.preprocessing.normalize import ct_value
 from sctconv.training.checkpoint import load_checkpoint, run_identity, save_checkpoint
 from sctconv.training.config import TrainConfig
 from sctconv.training.curves import save_curves
-from sctconv.training.data import (Case, CaseArrays, PreparedArrays, PreparedCase, case_arrays, discover_cases,
-                                   is_prepared, open_prepared, sample_patch, select_regions, simulated_case_arrays)
+from sctconv.training.data import (
+    Case,
+    CaseArrays,
+    PreparedArrays,
+    PreparedCase,
+    case_arrays,
+    discover_cases,
+    is_prepared,
+    open_prepared,
+    sample_patch,
+    select_regions,
+    simulated_case_arrays,
+)
 from sctconv.training.distributed import Ranks, rank_rng_state, start_ranks
 from sctconv.training.setup import network_setup
 from sctconv.training.stages import Stage, make_stage

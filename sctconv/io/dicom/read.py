@@ -30,11 +30,27 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from sctconv.errors import SctconvError
-from sctconv.io.dicom.entries import (SliceEntry, image_type, int_or_none, is_image, orientation_name, slice_entries,
-                                      sop_class_uid, sop_instance_uid)
+from sctconv.io.dicom.entries import (
+    SliceEntry,
+    image_type,
+    int_or_none,
+    is_image,
+    orientation_name,
+    slice_entries,
+    sop_class_uid,
+    sop_instance_uid,
+)
 from sctconv.io.dicom.files import decode_pixels, dicom_file, is_dicom_path, is_zip, iter_files, read_header
-from sctconv.io.dicom.geometry import (check_slices, check_stacking, format_mm, irregularity, most_common_step,
-                                       resample_stack, single_slice_step, slice_cosines)
+from sctconv.io.dicom.geometry import (
+    check_slices,
+    check_stacking,
+    format_mm,
+    irregularity,
+    most_common_step,
+    resample_stack,
+    single_slice_step,
+    slice_cosines,
+)
 from sctconv.io.dicom.series import Resampling, SeriesSummary, SourceSeries
 
 log = logging.getLogger(__name__)
