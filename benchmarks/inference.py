@@ -74,7 +74,8 @@ def main() -> None:
             t_onnx = results["onnx"]["timings_s"]["predict"]
             a = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / f"out-torch-{step}" / "sct.nii.gz")))
             b = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / f"out-onnx-{step}" / "sct.nii.gz")))
-            print(f"step {step}: {windows} windows | torch predict {t_torch:.2f} s ({windows / t_torch:.1f} windows/s), "
+            print(f"step {step}: {windows} windows | torch predict {t_torch:.2f} s "
+                  f"({windows / t_torch:.1f} windows/s), "
                   f"total {results['torch']['timings_s']['total']:.2f} s | onnx predict {t_onnx:.2f} s "
                   f"({windows / t_onnx:.1f} windows/s) | onnx/torch time ratio {t_onnx / t_torch:.2f} | "
                   f"mean |torch - onnx| {np.abs(a.astype(float) - b).mean():.3f} HU")

@@ -83,7 +83,8 @@ def test_every_real_volume_folder_is_covered():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (../shared/data is not next to this checkout)")
     listed = {r[0] for r in REAL}
-    patterns = ("openkbp_hn_ct/*/ct.nii.gz", "tcga_hnsc_ct_lowres/0*.nii.gz", "pyradiomics_mr_brain_breast/*_image.nrrd")
+    patterns = ("openkbp_hn_ct/*/ct.nii.gz", "tcga_hnsc_ct_lowres/0*.nii.gz",
+                "pyradiomics_mr_brain_breast/*_image.nrrd")
     found = {str(p.relative_to(SHARED_DATA)) for pattern in patterns for p in SHARED_DATA.glob(pattern)
              if "mask" not in p.name}
     assert found <= listed

@@ -90,7 +90,8 @@ def test_patches_are_centred_in_the_body_and_padded():
     rng = np.random.default_rng(0)
     mask = np.zeros((10, 20, 20), np.uint8)
     mask[4:6, 8:12, 8:12] = 1
-    case = CaseArrays("c", np.arange(4000, dtype=np.float32).reshape(10, 20, 20), np.zeros((10, 20, 20), np.float32), mask)
+    volume = np.arange(4000, dtype=np.float32).reshape(10, 20, 20)
+    case = CaseArrays("c", volume, np.zeros((10, 20, 20), np.float32), mask)
     for _ in range(20):
         x, y, m = sample_patch(case, (8, 8, 8), rng, case.body_voxels)
         assert x.shape == (8, 8, 8) and m.any()
@@ -154,7 +155,8 @@ def test_resume_after_kill_9_gives_the_same_model(phantom_cases, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     def losses(folder: Path) -> list[dict]:
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in json.loads((folder / "history.json").read_text())]
+        history = json.loads((folder / "history.json").read_text())
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert losses(interrupted) == losses(tmp_path / "straight")
 

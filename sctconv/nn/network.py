@@ -151,8 +151,8 @@ class UNet(nn.Module):
     """Residual (nnResU-Net) or plain 3D U-Net with one output channel.
 
     ``forward(x)`` returns the output (with ``residual_output``, the input plus the head's output, so
-    that the network learns the difference between input and target); ``features(x)`` returns the encoder skips and decoder
-    stage outputs (for the AFP loss's frozen teacher) followed by the output.
+    that the network learns the difference between input and target); ``features(x)`` returns the encoder skips and
+    decoder stage outputs (for the AFP loss's frozen teacher) followed by the output.
     """
 
     def __init__(self, arch: Architecture) -> None:

@@ -14,8 +14,9 @@ A new stage (another perceptual loss, a GAN term) is one class here with the met
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F

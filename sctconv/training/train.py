@@ -13,10 +13,10 @@ validation and final metrics:
   maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
 
 Sizes (architecture, spacing, patch, batch) come from a preset or from a plan of `sctconv plan`
-(:mod:`sctconv.training.setup`); the configuration is checked once (:mod:`sctconv.training.config`). The data are raw case folders, read once into the cache (a prepared
-dataset, :mod:`sctconv.training.prepare`), or a prepared dataset itself, which needs neither the raw images
-nor SimpleITK. The held-out cases are 20% of the data, fold K of a 5-fold split, or a separate
-folder; the split is written to ``split.json``.
+(:mod:`sctconv.training.setup`); the configuration is checked once (:mod:`sctconv.training.config`). The data
+are raw case folders, read once into the cache (a prepared dataset, :mod:`sctconv.training.prepare`), or a
+prepared dataset itself, which needs neither the raw images nor SimpleITK. The held-out cases are 20% of the
+data, fold K of a 5-fold split, or a separate folder; the split is written to ``split.json``.
 
 Each epoch is ``iterations`` steps; validation runs whole held-out volumes through the same
 sliding-window inference that `sctconv convert` uses. A checkpoint after every epoch (written
