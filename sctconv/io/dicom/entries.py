@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from sctconv.errors import SctconvError
 from sctconv.io.dicom.files import DicomFile
 
 # Objects that carry Rows/Columns or pixel data but are not cross-sectional images to convert.
@@ -129,6 +130,27 @@ class SliceEntry:
     slope: float
     intercept: float
     problem: str | None = None  # a reason why this entry's geometry cannot be used
+
+    @property
+    def position(self) -> np.ndarray:
+        """ImagePositionPatient; an error where the slice has none."""
+        return self._known(self.ipp, "ImagePositionPatient")
+
+    @property
+    def orientation(self) -> np.ndarray:
+        """ImageOrientationPatient; an error where the slice has none."""
+        return self._known(self.iop, "ImageOrientationPatient")
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """PixelSpacing (row spacing, column spacing); an error where the slice has none."""
+        return self._known(self.pixel_spacing, "PixelSpacing")
+
+    def _known(self, value: np.ndarray | None, keyword: str) -> np.ndarray:
+        if value is None:
+            where = self.src.name + (f" frame {self.frame}" if self.frame else "")
+            raise SctconvError(f"{where} has no valid {keyword}, so its position in the patient is unknown")
+        return value
 
 
 def slice_entries(src: DicomFile, ds: Dataset) -> list[SliceEntry]:
