@@ -87,7 +87,7 @@ class Architecture:
 
 
 def _positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0
 
 
 def _padding(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
