@@ -475,9 +475,10 @@ def train_teacher_command(
 def _run_training(region: list[str], preset: str | None, plan: Path | None, **settings) -> None:
     from sctconv.nn.model import canonical_region
     from sctconv.training.config import TrainConfig
+    from sctconv.training.setup import check_preset
     from sctconv.training.train import train
 
     if preset and plan:
         raise SctconvError("--preset and --plan are alternatives; give one")
-    train(TrainConfig(regions=[canonical_region(r) for r in region], preset=preset or "small", plan=plan, **settings),
-          console)
+    train(TrainConfig(regions=[canonical_region(r) for r in region], preset=check_preset(preset or "small"), plan=plan,
+                      **settings), console)

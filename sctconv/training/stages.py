@@ -40,7 +40,10 @@ class Stage(Protocol):
     """What the training loop needs to know about the stage it runs."""
 
     exports_onnx: ClassVar[bool]  # write model.onnx beside the weights at the end (when the config asks)
-    config: TrainConfig
+
+    @property
+    def config(self) -> TrainConfig:
+        """The run's configuration (stages are frozen dataclasses: read-only)."""
 
     @property
     def input_modality(self) -> str | None:
@@ -66,7 +69,7 @@ class Stage(Protocol):
 
 def make_stage(config: TrainConfig) -> Stage:
     """The stage that ``config`` names."""
-    stages: dict[StageName, type[Stage]] = {"l1": L1Stage, "afp": AFPStage, "teacher": TeacherStage}
+    stages: dict[StageName, Callable[[TrainConfig], Stage]] = {"l1": L1Stage, "afp": AFPStage, "teacher": TeacherStage}
     return stages[config.stage](config)
 
 
