@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sctconv.training.data import discover_cases
-from sctconv.training.prepare import load_case_hu
 from sctconv.evaluation.evaluate import segment, segmentation_metrics
 from sctconv.evaluation.image_metrics import image_metrics, mae
-from sctconv.nn.model import load_model
-from sctconv.inference.synthesize import synthesize
 from sctconv.inference.predict import TorchBackend
+from sctconv.inference.synthesize import synthesize
+from sctconv.nn.model import load_model
 from sctconv.nn.teacher import load_teacher
+from sctconv.training.data import discover_cases
+from sctconv.training.prepare import load_case_hu
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from sctconv.nn.model import load_model, resolve_model
-from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.inference.predict import window_starts
+from sctconv.nn.model import load_model, resolve_model
+from sctconv.nn.network import Architecture, UNet, count_parameters
 from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,8 @@ def main() -> None:
             t_onnx = results["onnx"]["timings_s"]["predict"]
             a = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / f"out-torch-{step}" / "sct.nii.gz")))
             b = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / f"out-onnx-{step}" / "sct.nii.gz")))
-            print(f"step {step}: {windows} windows | torch predict {t_torch:.2f} s ({windows / t_torch:.1f} windows/s), "
+            print(f"step {step}: {windows} windows | torch predict {t_torch:.2f} s "
+                  f"({windows / t_torch:.1f} windows/s), "
                   f"total {results['torch']['timings_s']['total']:.2f} s | onnx predict {t_onnx:.2f} s "
                   f"({windows / t_onnx:.1f} windows/s) | onnx/torch time ratio {t_onnx / t_torch:.2f} | "
                   f"mean |torch - onnx| {np.abs(a.astype(float) - b).mean():.3f} HU")

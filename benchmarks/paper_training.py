@@ -97,10 +97,10 @@ def inference_timing(model_folder: Path, pack_dir: Path, device: str) -> dict:
 
     import torch
 
-    from sctconv.training.data import open_prepared
+    from sctconv.inference.predict import TorchBackend, sliding_window, window_starts
     from sctconv.nn.model import load_model
     from sctconv.preprocessing.normalize import normalize
-    from sctconv.inference.predict import TorchBackend, sliding_window, window_starts
+    from sctconv.training.data import open_prepared
 
     model = load_model(model_folder)
     name = model.card.training["validation_cases"][0]

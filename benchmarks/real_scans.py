@@ -24,10 +24,10 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
+from sctconv.evaluation.image_metrics import mae  # noqa: E402
 from sctconv.hu import CT_BODY_THRESHOLD_HU  # noqa: E402
 from sctconv.preprocessing.body_mask import body_mask_from_array  # noqa: E402
-from sctconv.evaluation.image_metrics import mae  # noqa: E402
-from sctconv.convert.pipeline import ConvertOptions, convert  # noqa: E402
 from sctconv.simulation.simulate import cbct_field_of_view, simulate_cbct  # noqa: E402
 from tests.helpers import skull_figures  # noqa: E402
 

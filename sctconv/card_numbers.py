@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 import numpy as np
 
@@ -14,7 +15,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 """Inference runs in float32: a card's numbers must stay finite there."""
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
+    """A real number, not a bool. ``float`` stands for them all (int, NumPy scalars): typeshed's
+    ``numbers.Real`` has no comparison with a float."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -29,9 +32,9 @@ def finite_number(value: object, what: str, positive: bool = False) -> float:
 
 def three(values: object, what: str, integers: bool) -> tuple:
     """Three positive finite numbers (z, y, x), as floats, or as ints when ``integers``; else an error."""
-    wrong = (not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) for v in values)
-             or (integers and not all(isinstance(v, numbers.Integral) for v in values)))
-    if wrong or any(not math.isfinite(v) or not 0 < v <= FLOAT32_MAX for v in values):
+    if (not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) for v in values)
+            or (integers and not all(isinstance(v, numbers.Integral) for v in values))
+            or any(not math.isfinite(v) or not 0 < v <= FLOAT32_MAX for v in values)):
         kind = "positive integers" if integers else "positive finite numbers"
         raise SctconvError(f"{what} must be 3 {kind} (z, y, x), not {values!r}")
     return tuple(int(v) for v in values) if integers else tuple(float(v) for v in values)

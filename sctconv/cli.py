@@ -7,8 +7,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -97,16 +98,16 @@ def convert(
     input: Annotated[Path, typer.Argument(help="MRI or CBCT: NIfTI, MHA/MHD, NRRD, a DICOM folder or zip, or one "
                                                "DICOM file (its series is read from its folder).")],
     output: Annotated[Path, typer.Argument(help="Output folder (created; must not exist unless --overwrite).")],
-    modality: Annotated[Optional[str], typer.Option(help="mr or cbct (default: DICOM Modality, else the model, "
+    modality: Annotated[str | None, typer.Option(help="mr or cbct (default: DICOM Modality, else the model, "
                                                          "else guessed).")] = None,
-    region: Annotated[Optional[str], typer.Option(help="head-neck, thorax, abdomen (or HN, TH, AB).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Shipped model name or model folder.")] = None,
-    mask: Annotated[Optional[Path], typer.Option(help="Body mask (default: computed).")] = None,
-    series: Annotated[Optional[str], typer.Option(help="DICOM series UID or number when a folder (the input's, "
+    region: Annotated[str | None, typer.Option(help="head-neck, thorax, abdomen (or HN, TH, AB).")] = None,
+    model: Annotated[str | None, typer.Option(help="Shipped model name or model folder.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Body mask (default: computed).")] = None,
+    series: Annotated[str | None, typer.Option(help="DICOM series UID or number when a folder (the input's, "
                                                        "else --like's) holds several.")] = None,
     allow_uneven: Annotated[bool, typer.Option(help="Resample a DICOM series with missing slices or uneven spacing "
                                                     "onto a regular grid instead of refusing it.")] = False,
-    like: Annotated[Optional[Path], typer.Option(help="DICOM series (folder, zip or file) whose patient, study and "
+    like: Annotated[Path | None, typer.Option(help="DICOM series (folder, zip or file) whose patient, study and "
                                                       "Frame of Reference a non-DICOM input's sCT joins.")] = None,
     step: Annotated[float, typer.Option(help="Window step as a fraction of the patch size.")] = 0.3,
     allow_large: Annotated[bool, typer.Option(help="Run even where the input's extent or voxel count, the model "
@@ -118,18 +119,19 @@ def convert(
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     image_format: Annotated[str, typer.Option("--format", help="sct image format: nii.gz or mha.")] = "nii.gz",
     dicom: Annotated[bool, typer.Option("--dicom/--no-dicom", help="Write the sCT DICOM series.")] = True,
-    series_description: Annotated[Optional[str], typer.Option(help="DICOM SeriesDescription (default 'sCT <model>').")] = None,
-    series_number: Annotated[Optional[int], typer.Option(min=0, max=2**31 - 1, help="DICOM SeriesNumber (default: "
+    series_description: Annotated[str | None, typer.Option(
+        help="DICOM SeriesDescription (default 'sCT <model>').")] = None,
+    series_number: Annotated[int | None, typer.Option(min=0, max=2**31 - 1, help="DICOM SeriesNumber (default: "
                                                          "the source's + 1000).")] = None,
     manufacturer: Annotated[str, typer.Option(help="DICOM Manufacturer of the sCT series.")] = "sctconv",
     manufacturer_model_name: Annotated[str, typer.Option(help="DICOM ManufacturerModelName; with --station-name, "
                                                               "what a planning system may match its CT-to-density "
                                                               "table by.")] = "sctconv",
-    station_name: Annotated[Optional[str], typer.Option(help="DICOM StationName (default: none).")] = None,
-    institution_name: Annotated[Optional[str], typer.Option(help="DICOM InstitutionName (default: the source's).")] = None,
-    kvp: Annotated[Optional[float], typer.Option(min=0, help="DICOM KVP to write (default: empty).")] = None,
-    patient_id: Annotated[Optional[str], typer.Option(help="PatientID for a non-DICOM input.")] = None,
-    patient_name: Annotated[Optional[str], typer.Option(help="PatientName for a non-DICOM input.")] = None,
+    station_name: Annotated[str | None, typer.Option(help="DICOM StationName (default: none).")] = None,
+    institution_name: Annotated[str | None, typer.Option(help="DICOM InstitutionName (default: the source's).")] = None,
+    kvp: Annotated[float | None, typer.Option(min=0, help="DICOM KVP to write (default: empty).")] = None,
+    patient_id: Annotated[str | None, typer.Option(help="PatientID for a non-DICOM input.")] = None,
+    patient_name: Annotated[str | None, typer.Option(help="PatientName for a non-DICOM input.")] = None,
     synthetic_data_tag: Annotated[bool, typer.Option(help="Write SyntheticData (0008,001C) = YES.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -220,11 +222,11 @@ def models(
 @user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Shipped model name or model folder.")],
-    output: Annotated[Optional[Path], typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
+    output: Annotated[Path | None, typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
 ) -> None:
     """Export a model to ONNX (for `convert --backend onnx`)."""
-    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
     from sctconv.inference.predict import export_onnx
+    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
 
     loaded = load_model(resolve_model(model, "", None))
     path = output or loaded.folder / ONNX_NAME
@@ -239,18 +241,27 @@ def evaluate(
                                               "outputs) or <case>.mha / <case>.nii.gz.")],
     gt: Annotated[Path, typer.Argument(help="CT image, or a folder of cases <case>/ct.* (+ mask.*), the "
                                             "SynthRAD2025 layout.")],
-    mask: Annotated[Optional[Path], typer.Option(help="Body mask; with folders, a folder of <case>.* or "
+    mask: Annotated[Path | None, typer.Option(help="Body mask; with folders, a folder of <case>.* or "
                                                       "<case>/mask.* (default: the case's mask.*, else the CT's "
                                                       "body, HU > -500).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout (null: not finite).")] = False,
-    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write the per-case metrics to this CSV.")] = None,
-    segmenter: Annotated[Optional[Path], typer.Option(help="Segmentation model folder (a teacher) for Dice and "
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the per-case metrics to this CSV.")] = None,
+    segmenter: Annotated[Path | None, typer.Option(help="Segmentation model folder (a teacher) for Dice and "
                                                            "HD95 per structure.")] = None,
     device: Annotated[str, typer.Option(help="Segmentation device: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Score sCTs against CTs as SynthRAD2025 does: MAE, PSNR, MS-SSIM (Dice and HD95 with --segmenter)."""
-    from sctconv.evaluation.evaluate import (SUMMARY_METRICS, SUMMARY_STATS, convert_output_image, evaluate_files,
-                                             evaluate_folders, json_safe, load_segmenter, summarize, write_csv)
+    from sctconv.evaluation.evaluate import (
+        SUMMARY_METRICS,
+        SUMMARY_STATS,
+        convert_output_image,
+        evaluate_files,
+        evaluate_folders,
+        json_safe,
+        load_segmenter,
+        summarize,
+        write_csv,
+    )
 
     model = load_segmenter(segmenter, device) if segmenter else None
     folders = pred.is_dir() and gt.is_dir() and convert_output_image(pred) is None
@@ -288,7 +299,7 @@ def simulate(
     ct: Annotated[Path, typer.Argument(help="A real CT in HU (NIfTI, MHA, NRRD or DICOM).")],
     output: Annotated[Path, typer.Argument(help="Output case folder: <modality>.mha, ct.mha, mask.mha.")],
     modality: Annotated[str, typer.Option(help="mr or cbct.")] = "mr",
-    labels: Annotated[Optional[Path], typer.Option(help="Label map on the CT's grid (MR simulation).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label map on the CT's grid (MR simulation).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
@@ -304,16 +315,17 @@ def simulate(
 def plan_command(
     data: Annotated[Path, typer.Option(help="Paired cases, as for sctconv train.")],
     modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct.")] = "mr",
-    region: Annotated[Optional[list[str]], typer.Option(help="Plan for these region(s) only; repeat for several "
+    region: Annotated[list[str] | None, typer.Option(help="Plan for these region(s) only; repeat for several "
                                                              "(default: all cases).")] = None,
     gpu_memory: Annotated[float, typer.Option(help="GPU memory per training process, GiB (nnU-Net plans for 8; "
                                                    "its L and XL presets for 24 and 40).")] = 8.0,
-    network: Annotated[str, typer.Option(help="paper (nnResU-Net widths, 32..320 features) or small (CPU widths).")] = "paper",
+    network: Annotated[str, typer.Option(
+        help="paper (nnResU-Net widths, 32..320 features) or small (CPU widths).")] = "paper",
     output: Annotated[Path, typer.Option(help="Plan file to write.")] = Path("plan.json"),
 ) -> None:
     """Fingerprint a dataset and plan spacing, network depth, patch and batch size (for train --plan)."""
-    from sctconv.training.data import discover_cases, select_regions
     from sctconv.nn.model import MODALITIES, canonical_region
+    from sctconv.training.data import discover_cases, select_regions
     from sctconv.training.plan import plan_document, write_plan
     from sctconv.training.prepare import fingerprint_cases
 
@@ -338,16 +350,18 @@ def plan_command(
 @user_errors
 def prepare_command(
     data: Annotated[Path, typer.Option(help="Paired cases, as for sctconv train.")],
-    output: Annotated[Path, typer.Option(help="Prepared dataset folder to write (dataset.json and one .npz per case).")],
-    modality: Annotated[str, typer.Option("--task", help="Input modality: mr or cbct; ct for CT-only teacher data.")] = "mr",
+    output: Annotated[Path, typer.Option(
+        help="Prepared dataset folder to write (dataset.json and one .npz per case).")],
+    modality: Annotated[str, typer.Option(
+        "--task", help="Input modality: mr or cbct; ct for CT-only teacher data.")] = "mr",
     region: Annotated[list[str], typer.Option(help="Region(s); repeat for several (as for train).")] = ["thorax"],
-    preset: Annotated[Optional[str], typer.Option(help="small (the default) or paper: the spacing to prepare at.")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
+    preset: Annotated[str | None, typer.Option(help="small (the default) or paper: the spacing to prepare at.")] = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
 ) -> None:
     """Read raw cases once into a prepared dataset (model grid, cropped to the body, no identifiers
     or paths) that sctconv train --data reads anywhere, without the raw images or SimpleITK."""
-    from sctconv.training.data import discover_cases, select_regions
     from sctconv.nn.model import canonical_region
+    from sctconv.training.data import discover_cases, select_regions
     from sctconv.training.prepare import prepare_dataset
     from sctconv.training.setup import network_setup
 
@@ -375,36 +389,39 @@ def train_command(
     region: Annotated[list[str], typer.Option(help="Region(s) the model is for; repeat for several. Cases in HN/TH/AB "
                                                    "folders of other regions are left out.")] = ["thorax"],
     stage: Annotated[str, typer.Option(help="l1 (stage 1) or afp (stage 2: fine-tune --init with --teacher).")] = "l1",
-    init: Annotated[Optional[Path], typer.Option(help="afp: the stage-1 model folder to fine-tune; l1: a model "
+    init: Annotated[Path | None, typer.Option(help="afp: the stage-1 model folder to fine-tune; l1: a model "
                                                      "folder to continue training (its network and "
                                                      "normalization).")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="afp: the CT segmentation model folder.")] = None,
-    afp_l1_weight: Annotated[float, typer.Option(help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
+    teacher: Annotated[Path | None, typer.Option(help="afp: the CT segmentation model folder.")] = None,
+    afp_l1_weight: Annotated[float, typer.Option(
+        help="afp: weight of the L1 term (public code 0.5, paper 5.0).")] = 0.5,
     bone_weight: Annotated[float, typer.Option(help="l1: extra L1 weight on bone (CT above 250 HU); 4 makes a bone "
                                                     "voxel count 5 times.")] = 0.0,
     bone_fraction: Annotated[float, typer.Option(help="Share of the patches centred on a bone voxel of the CT "
                                                       "(taken from the 2/3 centred in the body).")] = 0.0,
-    name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="small (the default), cpu (11 M, 2 mm; the shipped models) or "
+    name: Annotated[str | None, typer.Option(help="Model name (default: the output folder's name).")] = None,
+    preset: Annotated[str | None, typer.Option(help="small (the default), cpu (11 M, 2 mm; the shipped models) or "
                                                        "paper (~122 M parameters).")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
-    val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
-    fold: Annotated[Optional[int], typer.Option(help="Validate on fold K (0..folds-1) of a fixed split of --data "
+    plan: Annotated[Path | None, typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    fold: Annotated[int | None, typer.Option(help="Validate on fold K (0..folds-1) of a fixed split of --data "
                                                      "instead of 20%.")] = None,
     folds: Annotated[int, typer.Option(help="Number of folds for --fold.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs (paper: 1000-1500 for l1, 500 for afp).")] = 1000,
     iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
-    batch_size: Annotated[Optional[int], typer.Option(help="Patches per step and process (default: the preset's "
+    batch_size: Annotated[int | None, typer.Option(help="Patches per step and process (default: the preset's "
                                                            "or plan's).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate, poly decay (default 1e-2; afp 1e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Initial learning rate, poly decay (default 1e-2; afp 1e-3).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    cache: Annotated[Optional[Path], typer.Option(help="Where raw cases are prepared (default: <output>/cache; "
+    cache: Annotated[Path | None, typer.Option(help="Where raw cases are prepared (default: <output>/cache; "
                                                        "a prepared dataset that --data can name later).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Export model.onnx at the end.")] = True,
     simulate_input: Annotated[bool, typer.Option(help="MR: --data holds CTs (<case>/ct.*); each case's MR is made "
-                                                      "by the domain-randomised simulator, anew during training.")] = False,
+                                                      "by the domain-randomised simulator, anew during training.")
+                              ] = False,
     bf16: Annotated[bool, typer.Option(help="CPU: bf16 autocast (2-3x faster where the CPU has AMX or "
                                             "AVX512-BF16; see benchmarks/RESULTS.md).")] = False,
     description: Annotated[str, typer.Option(help="The model card's description: what the data are, how inputs "
@@ -433,11 +450,11 @@ def train_teacher_command(
                                             "sctconv.nn.teacher.GROUPS); HU tissue classes when no labels.")],
     output: Annotated[Path, typer.Option(help="Model folder to write.")],
     region: Annotated[list[str], typer.Option(help="Region(s); repeat for several.")] = ["thorax"],
-    name: Annotated[Optional[str], typer.Option(help="Model name (default: the output folder's name).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="small (the default) or paper.")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
-    val_data: Annotated[Optional[Path], typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
-    fold: Annotated[Optional[int], typer.Option(help="Validate on fold K of a fixed split of --data.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the output folder's name).")] = None,
+    preset: Annotated[str | None, typer.Option(help="small (the default) or paper.")] = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan from sctconv plan, instead of --preset.")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="Held-out cases (default: 20% of --data).")] = None,
+    fold: Annotated[int | None, typer.Option(help="Validate on fold K of a fixed split of --data.")] = None,
     folds: Annotated[int, typer.Option(help="Number of folds for --fold.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 300,
     iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
@@ -445,7 +462,7 @@ def train_teacher_command(
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache.")] = None,
 ) -> None:
     """Train a compact CT segmentation network: the AFP teacher and the evaluation segmenter (torchrun works
     as for train)."""
@@ -458,9 +475,10 @@ def train_teacher_command(
 def _run_training(region: list[str], preset: str | None, plan: Path | None, **settings) -> None:
     from sctconv.nn.model import canonical_region
     from sctconv.training.config import TrainConfig
+    from sctconv.training.setup import check_preset
     from sctconv.training.train import train
 
     if preset and plan:
         raise SctconvError("--preset and --plan are alternatives; give one")
-    train(TrainConfig(regions=[canonical_region(r) for r in region], preset=preset or "small", plan=plan, **settings),
-          console)
+    train(TrainConfig(regions=[canonical_region(r) for r in region], preset=check_preset(preset or "small"), plan=plan,
+                      **settings), console)

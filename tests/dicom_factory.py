@@ -15,10 +15,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     MRImageStorage,
-    CTImageStorage,
     RLELossless,
     generate_uid,
 )

@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sctconv.convert.pipeline import ConvertOptions, convert, guess_modality
 from sctconv.errors import SctconvError
 from sctconv.nn.network import UNet
-from sctconv.convert.pipeline import ConvertOptions, convert, guess_modality
 from tests.helpers import check_sct_folder, cli, make_tiny_model
 
 

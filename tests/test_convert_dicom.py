@@ -19,13 +19,25 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.errors import SctconvError
 from sctconv.io.dicom.read import is_dicom_path, list_series, read_dicom_series
 from sctconv.io.dicom.write import SeriesOptions
-from sctconv.errors import SctconvError
-from sctconv.convert.pipeline import ConvertOptions, convert
 from tests import dicom_factory as factory
-from tests.helpers import (DCENTVFY, DCIODVFY, DCM2NIIX, SHARED_DATA, assert_same_geometry, cli, error_lines,
-                           make_tiny_model, run_tool, shared_data, sitk_series, tool)
+from tests.helpers import (
+    DCENTVFY,
+    DCIODVFY,
+    DCM2NIIX,
+    SHARED_DATA,
+    assert_same_geometry,
+    cli,
+    error_lines,
+    make_tiny_model,
+    run_tool,
+    shared_data,
+    sitk_series,
+    tool,
+)
 
 CASES = [(orientation, position, "MR") for orientation in ("axial", "oblique", "sagittal")
          for position in ("HFS", "FFS", "HFP")]

@@ -12,15 +12,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from sctconv.errors import SctconvError
 from sctconv.io.dicom.read import (
     SourceSeries,
     is_dicom_path,
     list_series,
     read_dicom_series,
 )
-from sctconv.errors import SctconvError
 from tests import dicom_factory as factory
-from tests.helpers import SHARED_DATA as DATA, assert_same_geometry, cli, sitk_series
+from tests.helpers import SHARED_DATA as DATA
+from tests.helpers import assert_same_geometry, cli, sitk_series
 
 VENDOR = DATA / "dicom2nifti_vendor_mr"
 PYDICOM_FILES = DATA / "pydicom_testfiles"

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 
+from sctconv.errors import SctconvError
 from sctconv.io.dicom.read import SourceSeries, read_dicom_series
 from sctconv.io.dicom.write import SeriesOptions, format_ds, write_sct_series
-from sctconv.errors import SctconvError
 from tests import dicom_factory as factory
 from tests.helpers import DCENTVFY, DCIODVFY, DCM2NIIX, error_lines, run_tool, tool
 

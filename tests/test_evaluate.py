@@ -27,8 +27,14 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from sctconv.errors import SctconvError
-from sctconv.evaluation.evaluate import (dice_hd95, evaluate_case, evaluate_files, find_cases, segmentation_metrics,
-                                         summarize)
+from sctconv.evaluation.evaluate import (
+    dice_hd95,
+    evaluate_case,
+    evaluate_files,
+    find_cases,
+    segmentation_metrics,
+    summarize,
+)
 from sctconv.evaluation.image_metrics import image_metrics
 from sctconv.nn.model import ModelCard, save_model
 from sctconv.nn.network import UNet

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from sctconv.convert import limits, pipeline
+from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.errors import SctconvError
 from sctconv.nn.model import load_model, save_model
-from sctconv.convert.pipeline import ConvertOptions, convert
 from tests.helpers import cli
 
 

@@ -7,10 +7,17 @@ import pytest
 
 import sctconv
 from sctconv.errors import SctconvError
-from sctconv.nn.model import (SHIPPED_MODELS, available_models, canonical_region, load_model, read_card, resolve_model,
-                              save_model)
-from sctconv.preprocessing.normalize import Normalization
 from sctconv.inference.predict import OnnxBackend
+from sctconv.nn.model import (
+    SHIPPED_MODELS,
+    available_models,
+    canonical_region,
+    load_model,
+    read_card,
+    resolve_model,
+    save_model,
+)
+from sctconv.preprocessing.normalize import Normalization
 from tests.helpers import make_tiny_model
 
 

@@ -21,11 +21,13 @@ from torch import nn  # noqa: E402
 
 from sctconv.errors import SctconvError  # noqa: E402
 from sctconv.evaluation.evaluate import load_segmenter, segment  # noqa: E402
-from sctconv.preprocessing.normalize import Normalization  # noqa: E402
-from sctconv.nn.nnunet import NnUNetModel  # noqa: E402
 from sctconv.inference.predict import TorchBackend, sliding_window  # noqa: E402
-from sctconv.preprocessing.normalize import normalize  # noqa: E402
+from sctconv.nn.nnunet import NnUNetModel  # noqa: E402
 from sctconv.nn.teacher import AFPLoss, load_teacher  # noqa: E402
+from sctconv.preprocessing.normalize import (
+    Normalization,  # noqa: E402
+    normalize,  # noqa: E402
+)
 
 LABELS = {"background": 0, "organs": 1, "bones": 2}
 STATS = {"mean": 40.0, "std": 350.0, "percentile_00_5": -1000.0, "percentile_99_5": 1500.0, "median": 30.0,

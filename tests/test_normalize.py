@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.errors import SctconvError
 from sctconv.nn.model import load_model, save_model
 from sctconv.preprocessing.normalize import Normalization, normalize
-from sctconv.convert.pipeline import ConvertOptions, convert
 
 CASE = Normalization("zscore-case")
 HOT = (10, 30, 30)  # inside the phantom's body

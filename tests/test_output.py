@@ -19,12 +19,12 @@ import pytest
 import SimpleITK as sitk
 
 import sctconv.convert.pipeline
-from sctconv.io import output_dir as output
-from sctconv.training.data import discover_cases
-from sctconv.io.dicom.read import list_series
-from sctconv.errors import SctconvError
-from sctconv.io.output_dir import atomic_output_dir
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.errors import SctconvError
+from sctconv.io import output_dir as output
+from sctconv.io.dicom.read import list_series
+from sctconv.io.output_dir import atomic_output_dir
+from sctconv.training.data import discover_cases
 
 EXAMPLE_MR = Path(__file__).resolve().parents[1] / "examples" / "phantom_mr.nii.gz"
 

@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from sctconv.training.data import discover_cases
-from sctconv.training.prepare import fingerprint_cases
 from sctconv.errors import SctconvError
 from sctconv.nn.network import Architecture, UNet
-from sctconv.training.plan import activation_elements, load_plan, make_plan, network, topology
 from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.training.data import discover_cases
+from sctconv.training.plan import activation_elements, load_plan, make_plan, network, topology
+from sctconv.training.prepare import fingerprint_cases
 from tests.helpers import TINY, sctconv
 
 PAPER_PATCH = (40, 160, 224)

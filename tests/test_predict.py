@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from sctconv.errors import SctconvError
+from sctconv.inference.predict import (
+    OnnxBackend,
+    TorchBackend,
+    export_onnx,
+    gaussian_weights,
+    resolve_device,
+    sliding_window,
+    window_region,
+    window_starts,
+)
 from sctconv.nn.model import load_model
-from sctconv.inference.predict import (OnnxBackend, TorchBackend, export_onnx, gaussian_weights, resolve_device,
-                                       window_region, sliding_window, window_starts)
 
 
 class Identity:

@@ -15,11 +15,11 @@ import pytest
 import SimpleITK as sitk
 from rich.console import Console
 
-from sctconv.training import prepare
-from sctconv.training.data import discover_cases, is_prepared, open_prepared
 from sctconv.errors import SctconvError
 from sctconv.nn.model import SHIPPED_MODELS
 from sctconv.preprocessing.grid import to_model_grid
+from sctconv.training import prepare
+from sctconv.training.data import discover_cases, is_prepared, open_prepared
 from tests.helpers import cli, sctconv, simulated_cases
 
 SPACING = (3.0, 2.5, 2.5)

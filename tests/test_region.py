@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.preprocessing.body_mask import body_mask
-from sctconv.nn.model import CARD_NAME, REGIONS, read_card
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.nn.model import CARD_NAME, REGIONS, read_card
+from sctconv.preprocessing.body_mask import body_mask
 from sctconv.preprocessing.region import HEAD_NECK_MIN_MM, detect_region
 from sctconv.simulation.simulate import PHANTOM_LABELS, make_phantom, simulate_mr
 from tests.helpers import SHARED_DATA, make_tiny_model, shared_data
@@ -83,7 +83,8 @@ def test_every_real_volume_folder_is_covered():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (../shared/data is not next to this checkout)")
     listed = {r[0] for r in REAL}
-    patterns = ("openkbp_hn_ct/*/ct.nii.gz", "tcga_hnsc_ct_lowres/0*.nii.gz", "pyradiomics_mr_brain_breast/*_image.nrrd")
+    patterns = ("openkbp_hn_ct/*/ct.nii.gz", "tcga_hnsc_ct_lowres/0*.nii.gz",
+                "pyradiomics_mr_brain_breast/*_image.nrrd")
     found = {str(p.relative_to(SHARED_DATA)) for pattern in patterns for p in SHARED_DATA.glob(pattern)
              if "mask" not in p.name}
     assert found <= listed

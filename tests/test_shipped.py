@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sctconv.hu import CT_BODY_THRESHOLD_HU
-from sctconv.preprocessing.body_mask import body_mask_from_array
-from sctconv.evaluation.image_metrics import mae
-from sctconv.nn.model import SHIPPED_MODELS, available_models
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.evaluation.image_metrics import mae
+from sctconv.hu import CT_BODY_THRESHOLD_HU
+from sctconv.nn.model import SHIPPED_MODELS, available_models
+from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 from tests.helpers import check_sct_folder, sctconv, shared_data, skull_figures
 

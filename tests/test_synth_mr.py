@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sctconv.simulation.synth_mr import (KNOTS_HU, THICK_SLICE_MM, _acquisition_factors, random_contrast,
-                                         simulate_mr_array)
+from sctconv.simulation.synth_mr import (
+    KNOTS_HU,
+    THICK_SLICE_MM,
+    _acquisition_factors,
+    random_contrast,
+    simulate_mr_array,
+)
 
 
 def _slab_volume() -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,13 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from sctconv.training.data import discover_cases, sample_patch, select_regions, CaseArrays
-from sctconv.errors import SctconvError
-from sctconv.nn.model import load_model
 from sctconv.convert.pipeline import ConvertOptions, convert
+from sctconv.errors import SctconvError
 from sctconv.inference.predict import OnnxBackend
-from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.nn.model import load_model
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
+from sctconv.simulation.simulate import make_phantom, write_simulated_case
+from sctconv.training.data import CaseArrays, discover_cases, sample_patch, select_regions
 from sctconv.training.stages import bone_weighted_l1
 from sctconv.training.train import TrainConfig, patch_centres, poly_lr, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases
@@ -90,7 +90,8 @@ def test_patches_are_centred_in_the_body_and_padded():
     rng = np.random.default_rng(0)
     mask = np.zeros((10, 20, 20), np.uint8)
     mask[4:6, 8:12, 8:12] = 1
-    case = CaseArrays("c", np.arange(4000, dtype=np.float32).reshape(10, 20, 20), np.zeros((10, 20, 20), np.float32), mask)
+    volume = np.arange(4000, dtype=np.float32).reshape(10, 20, 20)
+    case = CaseArrays("c", volume, np.zeros((10, 20, 20), np.float32), mask)
     for _ in range(20):
         x, y, m = sample_patch(case, (8, 8, 8), rng, case.body_voxels)
         assert x.shape == (8, 8, 8) and m.any()
@@ -154,7 +155,8 @@ def test_resume_after_kill_9_gives_the_same_model(phantom_cases, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     def losses(folder: Path) -> list[dict]:
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in json.loads((folder / "history.json").read_text())]
+        history = json.loads((folder / "history.json").read_text())
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert losses(interrupted) == losses(tmp_path / "straight")
 

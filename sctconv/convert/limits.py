@@ -8,8 +8,8 @@ import math
 import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
-from sctconv.nn.model import ModelCard
 from sctconv.inference.predict import window_count
+from sctconv.nn.model import ModelCard
 from sctconv.preprocessing.grid import model_grid_size
 
 MAX_EXTENT_MM = 2000.0

@@ -41,7 +41,7 @@ def _centre(mask: np.ndarray) -> tuple[int, int, int]:
     """The slices through the body: the middle of its extent along z, its centroid in y and x
     (the volume's middle where the mask is empty)."""
     if not mask.any():
-        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in mask.shape)
     z = np.nonzero(mask.any(axis=(1, 2)))[0]
     _, y, x = np.nonzero(mask)
     return int((z[0] + z[-1]) // 2), int(round(y.mean())), int(round(x.mean()))

@@ -33,9 +33,10 @@ import csv
 import functools
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,16 +44,16 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io.files import find_image, folders_with
-from sctconv.io.images import read_volume
-from sctconv.preprocessing.body_mask import body_mask
 from sctconv.evaluation.image_metrics import image_metrics
 from sctconv.hu import HU_MIN
-from sctconv.preprocessing.normalize import normalize
 from sctconv.inference.predict import TorchBackend, resolve_device, sliding_window
-from sctconv.preprocessing.grid import image_like, to_model_grid
+from sctconv.io.files import find_image, folders_with
+from sctconv.io.images import read_volume
 from sctconv.nn.segmenter import Segmenter
 from sctconv.nn.teacher import load_teacher
+from sctconv.preprocessing.body_mask import body_mask
+from sctconv.preprocessing.grid import image_like, to_model_grid
+from sctconv.preprocessing.normalize import normalize
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,12 @@ def dice_hd95(gt_labels: np.ndarray, pred_labels: np.ndarray, spacing_zyx: Seque
     sampling = tuple(float(s) for s in spacing_zyx)
     max_label = int(max(gt.max(initial=0), pred.max(initial=0)))
     gt_boxes, pred_boxes = _class_boxes(gt, max_label), _class_boxes(pred, max_label)
-    present = [label for label in range(1, max_label + 1) if gt_boxes[label - 1] is not None]
-    wanted = present if classes is None else [label for label in present if label in set(classes)]
+    present = {label: box for label, box in enumerate(gt_boxes, start=1) if box is not None}
+    wanted = list(present) if classes is None else [label for label in present if label in set(classes)]
 
     results: dict[int, tuple[float, float]] = {}
     for label in wanted:
-        box = _union_box(gt_boxes[label - 1], pred_boxes[label - 1], gt.shape)
+        box = _union_box(present[label], pred_boxes[label - 1], gt.shape)
         g, p = gt[box] == label, pred[box] == label
         dice = 2.0 * np.count_nonzero(g & p) / (np.count_nonzero(g) + np.count_nonzero(p))
         if not p.any():
@@ -293,7 +294,7 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_dir: Path | None = None,
             rows.append({"case": case.name, **evaluate_files(case.sct, case.ct, case.mask, segmenter)})
         except SctconvError as exc:
             raise SctconvError(f"case {case.name}: {exc}") from None
-        if progress is not None:
+        if progress is not None and task is not None:
             progress.advance(task)
     return rows
 

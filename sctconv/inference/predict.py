@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from scipy import ndimage
 import torch
 from rich.progress import Progress
+from scipy import ndimage
+from torch import nn
 
 from sctconv.errors import SctconvError
 from sctconv.nn.model import WEIGHTS_NAME, Model, ModelCard
-from sctconv.nn.network import UNet
 from sctconv.preprocessing.normalize import air_value
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, network: UNet, device: str) -> None:
+    def __init__(self, network: nn.Module, device: str) -> None:
         self.device = device
         self.network = network.to(device).eval()
 
@@ -149,6 +149,7 @@ def export_onnx(model: Model, path: Path) -> None:
                                     output_names=["sct"], dynamic_shapes=({0: batch},), optimize=True,
                                     verbose=False)
     quiet.setLevel(level)
+    assert program is not None, "dynamo=True always returns an ONNXProgram"
     program.model.metadata_props[WEIGHTS_HASH_KEY] = model.weights_sha256
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -219,14 +220,14 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
         if total is None:
             total = np.zeros((out.shape[1], *padded.shape), dtype=np.float32)
         for sl, pred in zip(slices, out):
-            total[(slice(None), *sl)] += pred * weights
+            total[(slice(None),) + sl] += pred * weights
             count[sl] += weights
-        if progress is not None:
+        if progress is not None and task is not None:
             progress.advance(task, len(chunk))
     if total is None:  # nothing to predict: the region is empty
         total = np.zeros((1, *padded.shape), dtype=np.float32)
     inside = tuple(slice(0, n) for n in volume.shape)
-    result = (total / np.maximum(count, np.float32(1e-12)))[(slice(None), *inside)]
+    result = (total / np.maximum(count, np.float32(1e-12)))[(slice(None),) + inside]
     covered = count[inside] > 0
     if not covered.all():
         result[:, ~covered] = outside if np.isscalar(outside) else np.asarray(outside)[~covered]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sctconv.io.dicom.read import SourceSeries, is_dicom_path, read_dicom_series
 from sctconv.errors import SctconvError
+from sctconv.io.dicom.read import SourceSeries, is_dicom_path, read_dicom_series
 from sctconv.io.files import IMAGE_SUFFIXES
 from sctconv.io.nifti import check_nifti
 from sctconv.preprocessing.grid import image_like

@@ -8,11 +8,11 @@ a negative one as its absolute value with the axis flipped. :func:`check_nifti` 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def check_nifti(path: Path, what: str) -> None:
     """Refuse a NIfTI-1 or Analyze file (``what``: input, mask...) with a zero or negative voxel size,
     less data than its header says, or NaN or infinite voxels; any other file passes untouched."""
     files = nifti_files(path)
-    header = read_header(files[0]) if files else None
+    if files is None:
+        return
+    header = read_header(files[0])
     if header is None or header.datatype not in VOXEL_BYTES:
         return
     spatial = header.pixdim[:3]
@@ -82,7 +84,7 @@ def nifti_files(path: Path) -> tuple[Path, Path] | None:
     return (path, other) if suffix == ".hdr" else (other, path)
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 

@@ -16,7 +16,8 @@ from typing import Literal, get_args
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from sctconv.card_numbers import three
 from sctconv.errors import SctconvError

@@ -87,7 +87,7 @@ class Architecture:
 
 
 def _positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0
 
 
 def _padding(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -151,8 +151,8 @@ class UNet(nn.Module):
     """Residual (nnResU-Net) or plain 3D U-Net with one output channel.
 
     ``forward(x)`` returns the output (with ``residual_output``, the input plus the head's output, so
-    that the network learns the difference between input and target); ``features(x)`` returns the encoder skips and decoder
-    stage outputs (for the AFP loss's frozen teacher) followed by the output.
+    that the network learns the difference between input and target); ``features(x)`` returns the encoder skips and
+    decoder stage outputs (for the AFP loss's frozen teacher) followed by the output.
     """
 
     def __init__(self, arch: Architecture) -> None:

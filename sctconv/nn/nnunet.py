@@ -49,7 +49,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +63,8 @@ PLANS_NAME = "plans.json"
 DATASET_NAME = "dataset.json"
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 DEFAULT_CONFIGURATION = "3d_fullres"
+
+T = TypeVar("T")
 
 _NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 SAFE_GLOBALS: list[Any] = [
@@ -111,7 +113,7 @@ class NnUNetNetwork(nn.Module):
     def __init__(self, net: nn.Module, transpose_forward: tuple[int, int, int],
                  strides: list[tuple[int, int, int]]) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # dynamic-network-architectures has no type information
         backward = tuple(int(a) for a in np.argsort(transpose_forward))
         self.to_network = (0, 1, *(2 + a for a in transpose_forward))
         self.from_network = (0, 1, *(2 + a for a in backward))
@@ -249,15 +251,16 @@ def _build_network(architecture: dict, in_channels: int, classes: int) -> nn.Mod
 
 
 def _per_axis(value: int | list[int]) -> tuple[int, int, int]:
-    return (value,) * 3 if isinstance(value, int) else tuple(value)
+    if isinstance(value, int):
+        return value, value, value
+    z, y, x = value
+    return z, y, x
 
 
-def _untranspose(values: list, transpose_forward: tuple[int, int, int]) -> tuple:
+def _untranspose(values: list[T], transpose_forward: tuple[int, int, int]) -> tuple[T, T, T]:
     """Per-axis values of the transposed array back in (z, y, x) order."""
-    out = [None] * 3
-    for i, axis in enumerate(transpose_forward):
-        out[axis] = values[i]
-    return tuple(out)
+    z, y, x = (values[transpose_forward.index(axis)] for axis in range(3))
+    return z, y, x
 
 
 def _classes(dataset: dict, where: Path) -> list[str]:
@@ -296,7 +299,7 @@ def load_nnunet(path: Path) -> NnUNetModel:
         normalization = Normalization("zscore-dataset", (float(stats["percentile_00_5"]),
                                                          float(stats["percentile_99_5"])),
                                       float(stats["mean"]), float(stats["std"]))
-        transpose = tuple(int(a) for a in plans["transpose_forward"])
+        transpose = _per_axis([int(a) for a in plans["transpose_forward"]])
         strides = [_per_axis(s) for s in architecture["arch_kwargs"]["strides"]]
         spacing = _untranspose([float(s) for s in configuration["spacing"]], transpose)
         patch_size = _untranspose([int(p) for p in configuration["patch_size"]], transpose)

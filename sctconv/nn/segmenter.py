@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from sctconv.errors import SctconvError
 from sctconv.nn.model import Model
 from sctconv.preprocessing.normalize import Normalization
 
 if TYPE_CHECKING:
-    from sctconv.nn.nnunet import NnUNetModel
+    from sctconv.nn.network import UNet
+    from sctconv.nn.nnunet import NnUNetModel, NnUNetNetwork
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class Segmenter:
     the logits. ``model`` is what it was loaded from.
     """
 
-    network: nn.Module
+    network: UNet | NnUNetNetwork
     classes: tuple[str, ...]  # one name per output channel; the channel index is the label value
     normalization: Normalization
     spacing: tuple[float, float, float]  # mm

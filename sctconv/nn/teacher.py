@@ -85,9 +85,10 @@ class AFPLoss(nn.Module):
         super().__init__()
         self.network = teacher.network
         self.divisor = teacher.divisor
-        t = teacher.normalization
-        self.scale = ct_norm.std / t.std
-        self.shift = (ct_norm.mean - t.mean) / t.std
+        ct_mean, ct_std = ct_norm.dataset_stats
+        t_mean, t_std = teacher.normalization.dataset_stats
+        self.scale = ct_std / t_std
+        self.shift = (ct_mean - t_mean) / t_std
         self.l1_weight = l1_weight
         self.layers = layers
 

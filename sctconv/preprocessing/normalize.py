@@ -52,6 +52,13 @@ class Normalization:
         if self.std is not None:
             self.std = finite_number(self.std, "normalization std", positive=True)
 
+    @property
+    def dataset_stats(self) -> tuple[float, float]:
+        """(mean, std) of the dataset z-score; an error for a normalization that has none."""
+        if self.mean is None or self.std is None:
+            raise SctconvError(f"{self.scheme} normalization has no dataset mean and std")
+        return self.mean, self.std
+
 
 def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
     """Normalize a volume as the model card says (float32 out, finite or an error).
@@ -71,7 +78,8 @@ def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.nd
             raise SctconvError("the input is constant inside the body; it holds no anatomy")
         return require_finite((array - mean) / std, "the normalized input")
     low, high = norm.clip if norm.clip else (-np.inf, np.inf)
-    return require_finite((np.clip(array, low, high) - norm.mean) / norm.std, "the normalized input")
+    mean, std = norm.dataset_stats
+    return require_finite((np.clip(array, low, high) - mean) / std, "the normalized input")
 
 
 def tame_outliers(array: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -93,12 +101,14 @@ def require_finite(array: np.ndarray, what: str) -> np.ndarray:
 
 def denormalize_ct(array: np.ndarray, norm: Normalization) -> np.ndarray:
     """Network output (dataset z-score of CT) back to HU, clipped to [-1024, 3071]."""
-    return np.clip(array * norm.std + norm.mean, HU_MIN, HU_MAX).astype(np.float32)
+    mean, std = norm.dataset_stats
+    return np.clip(array * std + mean, HU_MIN, HU_MAX).astype(np.float32)
 
 
 def ct_value(hu: float, norm: Normalization) -> float:
     """A CT number in the CT's dataset z-score (the network output's units)."""
-    return float((hu - norm.mean) / norm.std)
+    mean, std = norm.dataset_stats
+    return float((hu - mean) / std)
 
 
 def air_value(norm: Normalization) -> float:

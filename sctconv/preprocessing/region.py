@@ -150,7 +150,7 @@ def detect_region(image: sitk.Image, mask: sitk.Image, modality: str) -> tuple[s
     area = body.sum(axis=(1, 2)) * pixel_mm2
     measured = area >= MIN_SLICE_AREA_MM2
     lung_fraction = np.where(area > 0, lungs.sum(axis=(1, 2)) * pixel_mm2 / np.maximum(area, 1e-9), 0.0)
-    cut = body[:, :, 0].any(axis=1) | body[:, :, -1].any(axis=1)  # body reaches the left or right edge
+    cut = np.asarray(body[:, :, 0].any(axis=1) | body[:, :, -1].any(axis=1))  # body reaches the left or right edge
     width = np.array([_width(body[k], spacing[2]) if measured[k] else 0.0 for k in range(body.shape[0])])
 
     lung = measured & (lung_fraction >= LUNG_SLICE_FRACTION)
@@ -179,7 +179,8 @@ def detect_region(image: sitk.Image, mask: sitk.Image, modality: str) -> tuple[s
                 "thorax assumed")
 
     widths = width[measured & ~cut]
-    extent = [_span(body.any(axis=tuple(a for a in range(3) if a != axis))) * spacing[axis] for axis in range(3)]
+    extent = [_span(np.asarray(body.any(axis=tuple(a for a in range(3) if a != axis)))) * spacing[axis]
+              for axis in range(3)]
     evidence = {
         "confidence": confidence,
         "rule": rule,

@@ -10,6 +10,7 @@ is a cylinder along it and cupping and streaks are drawn in each axial slice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from sctconv.errors import SctconvError
-from sctconv.io.images import read_label_map, read_volume, write_image
 from sctconv.hu import CT_BODY_THRESHOLD_HU, HU_MAX, HU_MIN
+from sctconv.io.images import read_label_map, read_volume, write_image
 from sctconv.io.output_dir import atomic_output_dir, check_output_dir
 from sctconv.preprocessing.body_mask import body_mask_from_array
 from sctconv.preprocessing.grid import image_like
@@ -207,6 +208,41 @@ class _PhantomPainter:
                 + ((self.z - centre[2]) / semi[2]) ** 2) < 1.0
 
 
+@dataclass(frozen=True)
+class _Outline:
+    """The phantom's body outline: a perturbed ellipse (mm) with subcutaneous fat and a muscle wall."""
+
+    x: np.ndarray
+    y: np.ndarray
+    half_x: float
+    half_y: float
+    radius: np.ndarray  # relative radius by angle and height
+    phi: np.ndarray  # angle around the body axis
+    fat: np.ndarray  # subcutaneous fat thickness by angle
+    wall: float  # muscle wall thickness
+
+    def inside(self, inset: np.ndarray | float) -> np.ndarray:
+        """Inside the outline moved ``inset`` mm inwards."""
+        return ((self.x / (self.half_x - inset)) ** 2 + (self.y / (self.half_y - inset)) ** 2) < self.radius**2
+
+    def depth(self, wall_fraction: float) -> tuple[float, float]:
+        """Semi-axes (x, y) inside the fat and ``wall_fraction`` of the muscle wall."""
+        return (self.half_x - float(self.fat.mean()) - wall_fraction * self.wall,
+                self.half_y - float(self.fat.mean()) - wall_fraction * self.wall)
+
+
+@dataclass(frozen=True)
+class _Spine:
+    """Where the spine lies (mm), scaled with the body; the organs are placed around it."""
+
+    scale: float  # body size relative to an adult's
+    vertebra_r: float
+    vertebra_y: float
+    canal_r: float
+    spinous: float
+    paraspinal: np.ndarray  # paraspinal muscles and psoas
+
+
 def make_phantom(
     rng: np.random.Generator,
     shape: tuple[int, int, int] = (40, 96, 112),
@@ -223,118 +259,37 @@ def make_phantom(
     """
     if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or min(spacing) <= 0:
         raise SctconvError("the phantom needs a 3D shape and positive spacing")
-    u = rng.uniform
     p = _PhantomPainter(shape, spacing)
-    x, y, z = p.x, p.y, p.z
-    nz, ny, nx = shape
-    half_z = max(0.5 * (nz - 1) * spacing[2], 1.0)
-
-    # Outline: ellipse with low-order angular perturbations and a slow change of size along z.
-    half_x = 0.44 * nx * spacing[0] * u(0.82, 1.0)
-    half_y = min(half_x * u(0.65, 0.8), 0.45 * ny * spacing[1])
-    phi = np.arctan2(y, x)
-    outline = 1.0 + 0.04 * np.sin(np.pi * u(0.3, 0.8) * z / half_z + u(0, 2 * np.pi))
-    for k in (2, 3, 4):
-        outline = outline + rng.normal(0.0, 0.03 / k) * np.cos(k * phi + u(0, 2 * np.pi))
-    fat = u(6.0, 22.0) * (1.0 + 0.4 * np.cos(phi - u(0, 2 * np.pi)))
-    wall = u(8.0, 16.0)
-
-    def inside(inset: np.ndarray | float) -> np.ndarray:
-        return ((x / (half_x - inset)) ** 2 + (y / (half_y - inset)) ** 2) < outline**2
-
-    body = inside(0.0)
-    p.paint(body, -100.0, "fat")
-    p.paint(body & ~inside(2.0), 20.0, "soft_tissue")  # skin
-    p.paint(inside(fat), 45.0, "soft_tissue")
-    # Spine geometry (scaled with body size): vertebral body, canal and spinous process end ~1 cm
-    # inside the back muscles; paraspinal muscles and psoas fill the region around it.
-    scale = float(np.clip(half_x / 150.0, 0.6, 1.2))
-    vertebra_r = u(13.0, 17.0) * scale
-    canal_r = 6.5 * scale
-    spinous = 20.0 * scale
-    vertebra_y = half_y - float(fat.mean()) - 10.0 - (vertebra_r + 2.0 * scale + 2.0 * canal_r + spinous)
-    paraspinal = ((x / (vertebra_r + 40.0 * scale)) ** 2
-                  + ((y - vertebra_y - 0.6 * vertebra_r) / (1.6 * vertebra_r + 22.0 * scale)) ** 2) < 1.0
-    cavity = inside(fat + wall) & ~paraspinal
-    cav_x, cav_y = half_x - float(fat.mean()) - wall, half_y - float(fat.mean()) - wall
+    half_z = max(0.5 * (shape[0] - 1) * spacing[2], 1.0)
+    outline = _paint_outline(p, rng, shape, spacing, half_z)
+    body = outline.inside(0.0)
+    spine = _place_spine(outline, rng)
+    cavity = outline.inside(outline.fat + outline.wall) & ~spine.paraspinal
 
     # Cavity content: bowel and visceral fat, a few gas pockets.
     mottle = ndimage.gaussian_filter(rng.standard_normal(shape), 5.0 / np.array(spacing[::-1]))
     mottle /= mottle.std() or 1.0
     p.paint(cavity, 35.0, "soft_tissue")
-    p.paint(cavity & (mottle > np.quantile(mottle, 1.0 - u(0.25, 0.5))), -95.0, "fat")
+    p.paint(cavity & (mottle > np.quantile(mottle, 1.0 - rng.uniform(0.25, 0.5))), -95.0, "fat")
     gas = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
     p.paint(cavity & (gas > np.quantile(gas, 0.995)), -950.0, "gas")
 
-    # Abdomen: liver (right, domed top under the right lung), spleen, kidneys in perirenal fat.
     # One phantom in five is abdomen only: the diaphragm lies above the volume, no lungs.
-    diaphragm = -half_z + 2 * half_z * u(0.3, 0.6) if rng.random() < 0.8 else half_z + 60.0
-    liver_height = u(70.0, 100.0)
-    p.paint(cavity & p.ellipsoid((-0.4 * cav_x, -0.05 * cav_y, diaphragm + 15 - liver_height),
-                                 (0.6 * cav_x, 0.85 * cav_y, liver_height)), u(55.0, 65.0), "organ")
-    gallbladder = p.ellipsoid((-0.3 * cav_x, -0.45 * cav_y, diaphragm - 40.0), (15.0 * scale, 15.0 * scale, 30))
-    p.paint(cavity & gallbladder, u(5.0, 15.0), "fluid")
-    p.paint(cavity & p.ellipsoid((0.6 * cav_x, 0.3 * cav_y, diaphragm - 40),
-                                 (0.25 * cav_x, 0.35 * cav_y, 45.0)), u(40.0, 50.0), "organ")
-    for side in (-1.0, 1.0):
-        kidney = (side * (vertebra_r + 45.0 * scale), vertebra_y - 0.2 * vertebra_r, diaphragm - 60.0)
-        semi = np.array([20.0, 26.0, 45.0]) * scale
-        p.paint(inside(fat + wall) & p.ellipsoid(kidney, tuple(semi + 8.0)), -95.0, "fat")
-        p.paint(p.ellipsoid(kidney, tuple(semi)), u(25.0, 35.0), "kidney")
-        sinus = p.ellipsoid((kidney[0] - side * 0.7 * semi[0], kidney[1] - 4.0, kidney[2]), tuple(semi * 0.4))
-        p.paint(sinus, -90.0, "fat")
-
-    # Thorax: lungs above a domed diaphragm (left lung smaller), heart between them.
-    lung_height = u(130.0, 200.0)
-    for side in (-1.0, 1.0):
-        centre_x, semi_x, semi_y = side * 0.48 * cav_x, (0.45 if side < 0 else 0.4) * cav_x, 0.82 * cav_y
-        lung_z = diaphragm + 0.6 * lung_height
-        lung = p.ellipsoid((centre_x, 0.05 * cav_y, lung_z), (semi_x, semi_y, lung_height))
-        dome = 1.0 - ((x - centre_x) / semi_x) ** 2 - ((y + 0.3 * cav_y) / semi_y) ** 2
-        dome = 30.0 * np.clip(dome, 0.0, 1.0)
-        p.paint(inside(fat + wall) & lung & (z > diaphragm + dome), -860.0, "lung")
-    heart = p.ellipsoid((0.15 * cav_x, -0.3 * cav_y, diaphragm + 45.0), (0.35 * cav_x, 0.4 * cav_y, 55.0))
-    p.paint(cavity & heart, 40.0, "organ")
-    lung = p.labels == PHANTOM_LABELS["lung"]
-    vessels = ndimage.gaussian_filter(rng.standard_normal(shape), 0.8)
-    p.paint(lung & (vessels > np.quantile(vessels, 0.97)), -60.0, "lung")
-
+    diaphragm = -half_z + 2 * half_z * rng.uniform(0.3, 0.6) if rng.random() < 0.8 else half_z + 60.0
+    _paint_abdomen(p, rng, outline, spine, cavity, diaphragm)
+    lung = _paint_thorax(p, rng, outline, cavity, diaphragm, shape)
     # Aorta, left-anterior of the vertebral body.
-    aorta_r = 11.0 * scale
-    aorta_y = vertebra_y - vertebra_r - aorta_r - 2.0
-    p.paint(np.hypot(x - 0.8 * vertebra_r, y - aorta_y) < aorta_r, 45.0, "organ")
-
-    # Ribs: an oblique band pattern on a ring inside the muscle wall, above the lower thorax.
-    ring_x, ring_y = half_x - float(fat.mean()) - 0.5 * wall, half_y - float(fat.mean()) - 0.5 * wall
-    ring = np.abs(np.hypot(x / ring_x, y / ring_y) - outline) * 0.5 * (ring_x + ring_y) < 3.5
-    from_back = np.abs(np.angle(np.exp(1j * (phi - 0.5 * np.pi))))
-    rib_period = u(22.0, 28.0)
-    rib_z = np.mod(z + 0.5 * from_back * ring_x + u(0, rib_period), rib_period) < 10.0
-    ribs = body & ring & rib_z & (from_back < np.pi - 0.4) & (z > diaphragm - 40.0)
-    p.paint(ribs & ~paraspinal, 600.0, "bone")
-    p.paint(inside(fat + 2.0) & ~inside(fat + 12.0) & (np.abs(x) < 11.0) & (y < 0) & (z > diaphragm - 20.0),
-            400.0, "bone")  # sternum
-
-    # Spine: vertebral bodies (cortical shell, trabecular core) separated by discs, canal, posterior arch.
-    disc = np.mod(z + u(0, 30.0), u(24.0, 30.0)) < 6.0
-    r_body = np.hypot(x, y - vertebra_y)
-    p.paint(r_body < vertebra_r, u(850.0, 1100.0), "bone")
-    cortex = max(3.0, 1.2 * max(spacing[:2]))  # at least a voxel, so coarse grids keep cortical HU
-    p.paint(r_body < vertebra_r - cortex, u(200.0, 280.0), "bone")
-    p.paint((r_body < vertebra_r) & disc, 90.0, "soft_tissue")
-    canal_y = vertebra_y + vertebra_r + 2.0 * scale + canal_r
-    r_canal = np.hypot(x, y - canal_y)
-    arch = r_canal < canal_r + 5.0 * scale
-    arch |= (np.abs(x) < 4.0 * scale) & (y > canal_y) & (y < canal_y + canal_r + spinous)  # spinous process
-    arch |= (np.abs(y - canal_y) < 4.0 * scale) & (np.abs(x) < canal_r + 25.0 * scale)  # transverse processes
-    p.paint(arch & ~disc, 550.0, "bone")
-    p.paint(r_canal < canal_r, 10.0, "fluid")
+    aorta_r = 11.0 * spine.scale
+    aorta_y = spine.vertebra_y - spine.vertebra_r - aorta_r - 2.0
+    p.paint(np.hypot(p.x - 0.8 * spine.vertebra_r, p.y - aorta_y) < aorta_r, 45.0, "organ")
+    _paint_ribs(p, rng, outline, spine, body, diaphragm)
+    _paint_spine(p, rng, spine, spacing)
 
     # Texture, a little blur (partial volume) and CT noise; exact air outside.
     trabecular = (p.labels == PHANTOM_LABELS["bone"]) & (p.hu < 400.0)
     p.hu += np.where(trabecular, 50.0, 8.0) * mottle
     p.hu[lung] += 25.0 * ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)[lung]
-    hu = ndimage.gaussian_filter(p.hu, 0.5) + u(4.0, 10.0) * rng.standard_normal(shape)
+    hu = ndimage.gaussian_filter(p.hu, 0.5) + rng.uniform(4.0, 10.0) * rng.standard_normal(shape)
     hu[~np.broadcast_to(body, shape)] = HU_MIN
     ct = sitk.GetImageFromArray(np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16))
     labels = sitk.GetImageFromArray(p.labels)
@@ -343,6 +298,124 @@ def make_phantom(
         image.SetSpacing(tuple(float(s) for s in spacing))
         image.SetOrigin(origin)
     return ct, labels
+
+
+def _paint_outline(p: _PhantomPainter, rng: np.random.Generator, shape: tuple[int, int, int],
+                   spacing: tuple[float, float, float], half_z: float) -> _Outline:
+    """The body outline (an ellipse with low-order angular perturbations and a slow change of size
+    along z), painted: subcutaneous fat, skin, muscle."""
+    u = rng.uniform
+    x, y, z = p.x, p.y, p.z
+    _, ny, nx = shape
+    half_x = 0.44 * nx * spacing[0] * u(0.82, 1.0)
+    half_y = min(half_x * u(0.65, 0.8), 0.45 * ny * spacing[1])
+    phi = np.arctan2(y, x)
+    radius = 1.0 + 0.04 * np.sin(np.pi * u(0.3, 0.8) * z / half_z + u(0, 2 * np.pi))
+    for k in (2, 3, 4):
+        radius = radius + rng.normal(0.0, 0.03 / k) * np.cos(k * phi + u(0, 2 * np.pi))
+    fat = u(6.0, 22.0) * (1.0 + 0.4 * np.cos(phi - u(0, 2 * np.pi)))
+    outline = _Outline(x, y, half_x, half_y, radius, phi, fat, wall=u(8.0, 16.0))
+    body = outline.inside(0.0)
+    p.paint(body, -100.0, "fat")
+    p.paint(body & ~outline.inside(2.0), 20.0, "soft_tissue")  # skin
+    p.paint(outline.inside(fat), 45.0, "soft_tissue")
+    return outline
+
+
+def _place_spine(outline: _Outline, rng: np.random.Generator) -> _Spine:
+    """Spine geometry (scaled with body size): vertebral body, canal and spinous process end ~1 cm
+    inside the back muscles; paraspinal muscles and psoas fill the region around it."""
+    x, y = outline.x, outline.y
+    scale = float(np.clip(outline.half_x / 150.0, 0.6, 1.2))
+    vertebra_r = rng.uniform(13.0, 17.0) * scale
+    canal_r = 6.5 * scale
+    spinous = 20.0 * scale
+    vertebra_y = (outline.half_y - float(outline.fat.mean()) - 10.0
+                  - (vertebra_r + 2.0 * scale + 2.0 * canal_r + spinous))
+    paraspinal = ((x / (vertebra_r + 40.0 * scale)) ** 2
+                  + ((y - vertebra_y - 0.6 * vertebra_r) / (1.6 * vertebra_r + 22.0 * scale)) ** 2) < 1.0
+    return _Spine(scale, vertebra_r, vertebra_y, canal_r, spinous, paraspinal)
+
+
+def _paint_abdomen(p: _PhantomPainter, rng: np.random.Generator, outline: _Outline, spine: _Spine,
+                   cavity: np.ndarray, diaphragm: float) -> None:
+    """Liver (right, domed top under the right lung), gallbladder, spleen, kidneys in perirenal fat."""
+    u = rng.uniform
+    cav_x, cav_y = outline.depth(1.0)
+    liver_height = u(70.0, 100.0)
+    p.paint(cavity & p.ellipsoid((-0.4 * cav_x, -0.05 * cav_y, diaphragm + 15 - liver_height),
+                                 (0.6 * cav_x, 0.85 * cav_y, liver_height)), u(55.0, 65.0), "organ")
+    gallbladder = p.ellipsoid((-0.3 * cav_x, -0.45 * cav_y, diaphragm - 40.0),
+                              (15.0 * spine.scale, 15.0 * spine.scale, 30))
+    p.paint(cavity & gallbladder, u(5.0, 15.0), "fluid")
+    p.paint(cavity & p.ellipsoid((0.6 * cav_x, 0.3 * cav_y, diaphragm - 40),
+                                 (0.25 * cav_x, 0.35 * cav_y, 45.0)), u(40.0, 50.0), "organ")
+    for side in (-1.0, 1.0):
+        kidney = (side * (spine.vertebra_r + 45.0 * spine.scale), spine.vertebra_y - 0.2 * spine.vertebra_r,
+                  diaphragm - 60.0)
+        semi = np.array([20.0, 26.0, 45.0]) * spine.scale
+        p.paint(outline.inside(outline.fat + outline.wall) & p.ellipsoid(kidney, tuple(semi + 8.0)), -95.0, "fat")
+        p.paint(p.ellipsoid(kidney, tuple(semi)), u(25.0, 35.0), "kidney")
+        sinus = p.ellipsoid((kidney[0] - side * 0.7 * semi[0], kidney[1] - 4.0, kidney[2]), tuple(semi * 0.4))
+        p.paint(sinus, -90.0, "fat")
+
+
+def _paint_thorax(p: _PhantomPainter, rng: np.random.Generator, outline: _Outline, cavity: np.ndarray,
+                  diaphragm: float, shape: tuple[int, int, int]) -> np.ndarray:
+    """Lungs above a domed diaphragm (left lung smaller) with vessels, the heart between them; the
+    lung mask."""
+    cav_x, cav_y = outline.depth(1.0)
+    lung_height = rng.uniform(130.0, 200.0)
+    for side in (-1.0, 1.0):
+        centre_x, semi_x, semi_y = side * 0.48 * cav_x, (0.45 if side < 0 else 0.4) * cav_x, 0.82 * cav_y
+        lung_z = diaphragm + 0.6 * lung_height
+        lung = p.ellipsoid((centre_x, 0.05 * cav_y, lung_z), (semi_x, semi_y, lung_height))
+        dome = 1.0 - ((p.x - centre_x) / semi_x) ** 2 - ((p.y + 0.3 * cav_y) / semi_y) ** 2
+        dome = 30.0 * np.clip(dome, 0.0, 1.0)
+        p.paint(outline.inside(outline.fat + outline.wall) & lung & (p.z > diaphragm + dome), -860.0, "lung")
+    heart = p.ellipsoid((0.15 * cav_x, -0.3 * cav_y, diaphragm + 45.0), (0.35 * cav_x, 0.4 * cav_y, 55.0))
+    p.paint(cavity & heart, 40.0, "organ")
+    lung = p.labels == PHANTOM_LABELS["lung"]
+    vessels = ndimage.gaussian_filter(rng.standard_normal(shape), 0.8)
+    p.paint(lung & (vessels > np.quantile(vessels, 0.97)), -60.0, "lung")
+    return lung
+
+
+def _paint_ribs(p: _PhantomPainter, rng: np.random.Generator, outline: _Outline, spine: _Spine,
+                body: np.ndarray, diaphragm: float) -> None:
+    """Ribs (an oblique band pattern on a ring inside the muscle wall, above the lower thorax) and
+    the sternum."""
+    x, y, z = p.x, p.y, p.z
+    ring_x, ring_y = outline.depth(0.5)
+    ring = np.abs(np.hypot(x / ring_x, y / ring_y) - outline.radius) * 0.5 * (ring_x + ring_y) < 3.5
+    from_back = np.abs(np.angle(np.exp(1j * (outline.phi - 0.5 * np.pi))))
+    rib_period = rng.uniform(22.0, 28.0)
+    rib_z = np.mod(z + 0.5 * from_back * ring_x + rng.uniform(0, rib_period), rib_period) < 10.0
+    ribs = body & ring & rib_z & (from_back < np.pi - 0.4) & (z > diaphragm - 40.0)
+    p.paint(ribs & ~spine.paraspinal, 600.0, "bone")
+    sternum = outline.inside(outline.fat + 2.0) & ~outline.inside(outline.fat + 12.0) & (np.abs(x) < 11.0)
+    p.paint(sternum & (y < 0) & (z > diaphragm - 20.0), 400.0, "bone")
+
+
+def _paint_spine(p: _PhantomPainter, rng: np.random.Generator, spine: _Spine,
+                 spacing: tuple[float, float, float]) -> None:
+    """Vertebral bodies (cortical shell, trabecular core) separated by discs, canal, posterior arch."""
+    u = rng.uniform
+    x, y = p.x, p.y
+    scale, vertebra_r, canal_r = spine.scale, spine.vertebra_r, spine.canal_r
+    disc = np.mod(p.z + u(0, 30.0), u(24.0, 30.0)) < 6.0
+    r_body = np.hypot(x, y - spine.vertebra_y)
+    p.paint(r_body < vertebra_r, u(850.0, 1100.0), "bone")
+    cortex = max(3.0, 1.2 * max(spacing[:2]))  # at least a voxel, so coarse grids keep cortical HU
+    p.paint(r_body < vertebra_r - cortex, u(200.0, 280.0), "bone")
+    p.paint((r_body < vertebra_r) & disc, 90.0, "soft_tissue")
+    canal_y = spine.vertebra_y + vertebra_r + 2.0 * scale + canal_r
+    r_canal = np.hypot(x, y - canal_y)
+    arch = r_canal < canal_r + 5.0 * scale
+    arch |= (np.abs(x) < 4.0 * scale) & (y > canal_y) & (y < canal_y + canal_r + spine.spinous)  # spinous process
+    arch |= (np.abs(y - canal_y) < 4.0 * scale) & (np.abs(x) < canal_r + 25.0 * scale)  # transverse processes
+    p.paint(arch & ~disc, 550.0, "bone")
+    p.paint(r_canal < canal_r, 10.0, "fluid")
 
 
 CT_AIR_CEILING_HU = -500.0

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from sctconv.errors import SctconvError
+from sctconv.hu import HU_MIN
 from sctconv.io.files import find_image, folders_with
 from sctconv.nn.model import REGION_ALIASES, ModelCard
-from sctconv.hu import HU_MIN
+from sctconv.nn.teacher import GROUPS, tissue_labels
 from sctconv.preprocessing.normalize import normalize
 from sctconv.simulation.synth_mr import simulate_mr_array
-from sctconv.nn.teacher import GROUPS, tissue_labels
 
 PREPARED_FORMAT = "sctconv-prepared"
 PREPARED_VERSION = 2
@@ -138,8 +138,9 @@ def fingerprint(measurements: list[Measurement]) -> dict:
     result = {"cases": len(measurements), "median_spacing": np.median([m.spacing for m in measurements], 0).tolist(),
               "median_shape": np.median([m.shape for m in measurements], 0).tolist(),
               "ct": Intensities.merge([m.ct for m in measurements]).summary()}
-    if measurements and measurements[0].cbct is not None:
-        result["cbct"] = Intensities.merge([m.cbct for m in measurements]).summary()
+    cbct = [m.cbct for m in measurements if m.cbct is not None]
+    if cbct:
+        result["cbct"] = Intensities.merge(cbct).summary()
     return {**result, "per_case": per_case}
 
 
@@ -195,7 +196,7 @@ def save_prepared_case(path: Path, arrays: PreparedArrays, measurement: Measurem
     The CT is stored as whole HU (int16), the input as float32, compressed.
     """
     meta = {"spacing": measurement.spacing, "shape": measurement.shape}
-    stored = {"ct": np.round(arrays.ct).astype(np.int16), "mask": arrays.mask.astype(np.uint8)}
+    stored: dict[str, np.ndarray] = {"ct": np.round(arrays.ct).astype(np.int16), "mask": arrays.mask.astype(np.uint8)}
     if arrays.input is not None:
         stored["input"] = arrays.input.astype(np.float32)
     if arrays.labels is not None:
@@ -208,7 +209,8 @@ def save_prepared_case(path: Path, arrays: PreparedArrays, measurement: Measurem
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     with partial.open("wb") as file:
-        np.savez_compressed(file, meta=np.array(json.dumps(meta)), **stored)
+        # numpy's stub lets **kwargs reach savez_compressed's allow_pickle: bool; the keys here are array names.
+        np.savez_compressed(file, meta=np.array(json.dumps(meta)), **stored)  # type: ignore[arg-type]
     partial.replace(path)
 
 

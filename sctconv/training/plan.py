@@ -113,13 +113,14 @@ def shrink(spacing: tuple[float, ...], patch: Shape, median: np.ndarray) -> Shap
     axis = int(np.argmax(np.array(patch) / median))
     smaller = list(patch)
     smaller[axis] -= int(total_stride(topology(spacing, patch)[0])[axis])
-    smaller[axis] = patch[axis] - int(total_stride(topology(spacing, tuple(smaller))[0])[axis])
+    smaller[axis] = patch[axis] - int(total_stride(topology(spacing, (smaller[0], smaller[1], smaller[2]))[0])[axis])
     return (smaller[0], smaller[1], smaller[2])
 
 
 def network(width: str, strides: list[Shape], kernels: list[Shape]) -> Architecture:
     """The residual U-Net of ``width`` ("paper" or "small") with the given topology."""
     stages = len(strides)
+    encoder: tuple[int, ...]
     if width == "paper":
         features = tuple(min(320, 32 * 2 ** i) for i in range(stages))
         encoder, decoder = (1, 3, 4, 6), 2
@@ -171,7 +172,8 @@ def make_plan(fp: dict, gpu_memory: float, width: str = "paper") -> dict:
     aspect = 1 / np.array(spacing)
     initial = np.round(aspect * (INITIAL_PATCH_VOXELS / np.prod(aspect)) ** (1 / 3))
     initial = np.maximum(1, np.minimum(initial, np.round(median))).astype(int)
-    strides, kernels, patch = topology(spacing, tuple(int(v) for v in initial))
+    z, y, x = (int(v) for v in initial)
+    strides, kernels, patch = topology(spacing, (z, y, x))
     arch = network(width, strides, kernels)
     steps = []
     while estimate_memory_gib(arch, patch, MIN_BATCH) > gpu_memory:

@@ -22,13 +22,24 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from sctconv.training.data import (DATASET_FILE, PREPARED_VERSION, Case, Intensities, Measurement, PreparedArrays,
-                                   PreparedCase, fingerprint, read_index, save_prepared_case, write_dataset_index)
 from sctconv.errors import SctconvError
+from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.io.images import read_label_map, read_mask, read_volume
 from sctconv.preprocessing.body_mask import body_mask
-from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.preprocessing.grid import check_voxels, to_model_grid
+from sctconv.training.data import (
+    DATASET_FILE,
+    PREPARED_VERSION,
+    Case,
+    Intensities,
+    Measurement,
+    PreparedArrays,
+    PreparedCase,
+    fingerprint,
+    read_index,
+    save_prepared_case,
+    write_dataset_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +109,8 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     image, ct, mask = load_case_hu(case, modality)
     measurement = measure(case, modality, image, ct, mask)
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
-    box = body_box(m, tuple(int(round(CROP_MARGIN_MM / s)) for s in spacing), case.name)
+    margin_z, margin_y, margin_x = (int(round(CROP_MARGIN_MM / s)) for s in spacing)
+    box = body_box(m, (margin_z, margin_y, margin_x), case.name)
     ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))[box]
     x = None
     if modality != "ct":
@@ -107,7 +119,7 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     labels = None
     if case.labels is not None:
         try:
-            labels = grouped_labels(case, ct, spacing, box)
+            labels = grouped_labels(case.name, case.labels, ct, spacing, box)
         except SctconvError as exc:
             if modality == "ct":  # a teacher's case: its labels are the training target
                 raise
@@ -118,15 +130,21 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     return PreparedCase(case.name, case.region, path, labels is not None, case)
 
 
-def grouped_labels(case: Case, ct: sitk.Image, spacing: tuple[float, float, float],
+def grouped_labels(name: str, path: Path, ct: sitk.Image, spacing: tuple[float, float, float],
                    box: tuple[slice, slice, slice]) -> np.ndarray:
-    """The case's label map on the model grid, cropped to ``box`` (uint8: grouped values only)."""
-    labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(case.labels, ct), spacing,
+    """The label map ``path`` of case ``name`` on the model grid, cropped to ``box`` (uint8: grouped values only)."""
+    labels = sitk.GetArrayFromImage(to_model_grid(read_label_map(path, ct), spacing,
                                                   sitk.sitkNearestNeighbor))[box]
     if labels.max() > 255:
-        raise SctconvError(f"case {case.name}: label {int(labels.max())} in {case.labels}; labels must be "
+        raise SctconvError(f"case {name}: label {int(labels.max())} in {path}; labels must be "
                            "the grouped values (sctconv.nn.teacher.group_totalsegmentator)")
     return labels.astype(np.uint8)
+
+
+def _prepared_for(index: dict, modality: str, spacing: tuple[float, float, float]) -> bool:
+    """Whether the prepared dataset of ``index`` is of ``modality`` at ``spacing``."""
+    prepared = index.get("spacing")
+    return index.get("task") == modality and prepared is not None and bool(np.allclose(prepared, spacing))
 
 
 def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, float, float], folder: Path,
@@ -143,9 +161,8 @@ def prepare_dataset(cases: list[Case], modality: str, spacing: tuple[float, floa
     if foreign:
         raise SctconvError(f"{folder} holds other files than a prepared dataset (e.g. {sorted(foreign)[0]}); "
                            "choose a new folder")
-    existing = read_index(folder)
-    if existing and existing.get("version") == PREPARED_VERSION and \
-            (existing.get("task") != modality or not np.allclose(existing.get("spacing"), spacing)):
+    existing = read_index(folder) or {}
+    if existing.get("version") == PREPARED_VERSION and not _prepared_for(existing, modality, spacing):
         raise SctconvError(f"{folder} holds a dataset prepared for --task {existing.get('task')} at "
                            f"{existing.get('spacing')} mm, not {modality} at {list(spacing)} mm; choose another folder")
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from sctconv.errors import SctconvError
 from sctconv.nn.network import Architecture
@@ -12,7 +12,7 @@ from sctconv.training.plan import NetworkSetup, load_plan
 Preset = Literal["small", "cpu", "paper"]
 """The names of :data:`PRESETS`."""
 
-PRESETS: dict[str, NetworkSetup] = {
+PRESETS: dict[Preset, NetworkSetup] = {
     # Small enough to train and run on a laptop CPU; the shipped models use it.
     "small": NetworkSetup(
         architecture=Architecture(kind="residual", features=(8, 16, 32, 64),
@@ -37,6 +37,15 @@ def network_setup(preset: str, plan: Path | None, modality: str | None) -> Netwo
     CT teacher, which fits any plan), else from ``preset`` (checked here, the one place)."""
     if plan:
         return load_plan(plan, modality)
-    if preset not in PRESETS:
-        raise SctconvError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    return PRESETS[check_preset(preset)]
+
+
+def check_preset(name: str) -> Preset:
+    """``name`` if it names a preset, else an error."""
+    if not _is_preset(name):
+        raise SctconvError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return name
+
+
+def _is_preset(name: str) -> TypeGuard[Preset]:
+    return name in PRESETS

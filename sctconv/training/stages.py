@@ -14,8 +14,9 @@ A new stage (another perceptual loss, a GAN term) is one class here with the met
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,7 @@ from sctconv.preprocessing.normalize import Normalization, ct_value
 from sctconv.training.config import StageName, TrainConfig
 from sctconv.training.data import CaseArrays, PreparedCase, fingerprint
 from sctconv.training.plan import NetworkSetup
-from sctconv.training.validation import (final_metrics, teacher_metrics, validate_segmentation,
-                                         validate_synthesis)
+from sctconv.training.validation import final_metrics, teacher_metrics, validate_segmentation, validate_synthesis
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(network output, target) → a scalar loss."""
@@ -40,7 +40,10 @@ class Stage(Protocol):
     """What the training loop needs to know about the stage it runs."""
 
     exports_onnx: ClassVar[bool]  # write model.onnx beside the weights at the end (when the config asks)
-    config: TrainConfig
+
+    @property
+    def config(self) -> TrainConfig:
+        """The run's configuration (stages are frozen dataclasses: read-only)."""
 
     @property
     def input_modality(self) -> str | None:
@@ -66,7 +69,7 @@ class Stage(Protocol):
 
 def make_stage(config: TrainConfig) -> Stage:
     """The stage that ``config`` names."""
-    stages: dict[StageName, type[Stage]] = {"l1": L1Stage, "afp": AFPStage, "teacher": TeacherStage}
+    stages: dict[StageName, Callable[[TrainConfig], Stage]] = {"l1": L1Stage, "afp": AFPStage, "teacher": TeacherStage}
     return stages[config.stage](config)
 
 

@@ -13,10 +13,10 @@ validation and final metrics:
   maps or HU tissue classes, to serve as the AFP teacher and as the segmenter of `sctconv evaluate`.
 
 Sizes (architecture, spacing, patch, batch) come from a preset or from a plan of `sctconv plan`
-(:mod:`sctconv.training.setup`); the configuration is checked once (:mod:`sctconv.training.config`). The data are raw case folders, read once into the cache (a prepared
-dataset, :mod:`sctconv.training.prepare`), or a prepared dataset itself, which needs neither the raw images
-nor SimpleITK. The held-out cases are 20% of the data, fold K of a 5-fold split, or a separate
-folder; the split is written to ``split.json``.
+(:mod:`sctconv.training.setup`); the configuration is checked once (:mod:`sctconv.training.config`). The data
+are raw case folders, read once into the cache (a prepared dataset, :mod:`sctconv.training.prepare`), or a
+prepared dataset itself, which needs neither the raw images nor SimpleITK. The held-out cases are 20% of the
+data, fold K of a 5-fold split, or a separate folder; the split is written to ``split.json``.
 
 Each epoch is ``iterations`` steps; validation runs whole held-out volumes through the same
 sliding-window inference that `sctconv convert` uses. A checkpoint after every epoch (written
@@ -53,8 +53,19 @@ from sctconv.preprocessing.normalize import ct_value
 from sctconv.training.checkpoint import load_checkpoint, run_identity, save_checkpoint
 from sctconv.training.config import TrainConfig
 from sctconv.training.curves import save_curves
-from sctconv.training.data import (Case, CaseArrays, PreparedArrays, PreparedCase, case_arrays, discover_cases,
-                                   is_prepared, open_prepared, sample_patch, select_regions, simulated_case_arrays)
+from sctconv.training.data import (
+    Case,
+    CaseArrays,
+    PreparedArrays,
+    PreparedCase,
+    case_arrays,
+    discover_cases,
+    is_prepared,
+    open_prepared,
+    sample_patch,
+    select_regions,
+    simulated_case_arrays,
+)
 from sctconv.training.distributed import Ranks, rank_rng_state, start_ranks
 from sctconv.training.setup import network_setup
 from sctconv.training.stages import Stage, make_stage
@@ -140,9 +151,9 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
         rng_states = ranks.gather(rng.bit_generator.state)
         if ranks.main:
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-                network.to(memory_format=torch.contiguous_format)  # fp32 inference: oneDNN's fast layout
+                in_memory_format(network, torch.contiguous_format)  # fp32 inference: oneDNN's fast layout
                 record.update(stage.validate(network, val_arrays, card, device))
-                network.to(memory_format=precision.memory_format)
+                precision.apply(network)
             history.append(record)
             console.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             save_checkpoint(checkpoint_path, identity, network, optimizer, scaler, epoch, history, rng_states)
@@ -152,6 +163,11 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
     if ranks.main:
         write_model(stage, network, card, stats, init, cases, val_arrays, history, ranks, console)
     return config.out
+
+
+def in_memory_format(network: UNet, memory_format: torch.memory_format) -> None:
+    """``network``'s weights in ``memory_format``, in place."""
+    network.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stub omits memory_format
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,7 @@ class Precision:
 
     def apply(self, network: UNet) -> None:
         """The network's weights in this memory format."""
-        network.to(memory_format=self.memory_format)
+        in_memory_format(network, self.memory_format)
 
 
 @dataclass(frozen=True)
@@ -323,7 +339,7 @@ def write_model(stage: Stage, network: UNet, card: ModelCard, stats: dict, init:
     them and the training record; ``model.onnx`` beside them for a synthesis model."""
     config, device = stage.config, ranks.device
     console.print("measuring the validation cases")
-    network.to(memory_format=torch.contiguous_format)
+    in_memory_format(network, torch.contiguous_format)
     network.eval()
     metrics = stage.final_metrics(network, card, cases.validation, val_arrays, device)
     console.print(" ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
@@ -405,11 +421,12 @@ def choose_validation(config: TrainConfig, names: list[str]) -> tuple[set[str], 
 def prepare_cases(cases: list[Case] | list[PreparedCase], modality: str, spacing: tuple[float, float, float],
                   folder: Path, console: Console, index: bool) -> list[PreparedCase]:
     """Raw cases read once into ``folder`` (the cache; listed there with ``index``); prepared ones as they are."""
-    if not cases or isinstance(cases[0], PreparedCase):
-        return list(cases)
+    raw = [case for case in cases if isinstance(case, Case)]
+    if not raw:
+        return [case for case in cases if isinstance(case, PreparedCase)]
     from sctconv.training.prepare import prepare_dataset  # SimpleITK: needed only to read raw images
 
-    return prepare_dataset(cases, modality, spacing, folder, console, index)
+    return prepare_dataset(raw, modality, spacing, folder, console, index)
 
 
 def device_name(device: str) -> str:

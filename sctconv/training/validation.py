@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sctconv.errors import SctconvError
 from sctconv.evaluation.image_metrics import bone_dice, image_metrics, mae
 from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.inference.predict import TorchBackend, predict_body, sliding_window
@@ -27,12 +28,13 @@ def validate_synthesis(network: UNet, cases: list[CaseArrays], card: ModelCard,
     network.eval()
     backend = TorchBackend(network, device)
     target = card.target_normalization
+    mean, std = target.dataset_stats
     losses, scores = [], []
     for case in cases:
         pred = predict_body(case.x, case.mask, backend, card, step=0.5)
         losses.append(float(np.abs(pred[0] - case.y).mean()))
         hu_pred = denormalize_ct(pred[0], target)
-        hu_true = case.y * target.std + target.mean
+        hu_true = case.y * std + mean
         scores.append(float(np.abs(hu_pred - hu_true)[case.mask > 0].mean()))
     network.train()
     return {"val_loss": float(np.mean(losses)), "val_mae": float(np.mean(scores))}
@@ -81,13 +83,13 @@ def final_metrics(network: UNet, card: ModelCard, cases: list[PreparedCase], mod
     own_grid = all(case.source is not None for case in cases)
     rows = []
     for case in cases:
-        gt, sct, inside, image = (own_grid_arrays(case.source, card, backend, modality) if own_grid
-                                  else model_grid_arrays(case, card, backend))
+        gt, sct, inside, image = (own_grid_arrays(case.source, card, backend, modality)
+                                  if own_grid and case.source is not None else model_grid_arrays(case, card, backend))
         scores = image_metrics(gt, sct, inside)
         row = {"mae_hu": scores["mae"], "psnr_db": scores["psnr"], "ms_ssim": scores["ms_ssim"],
                "bone_dice": bone_dice(gt, sct, inside),
                "constant_water_mae_hu": mae(gt, np.where(inside > 0, WATER_HU, HU_MIN), inside)}
-        if modality == "cbct":
+        if modality == "cbct" and image is not None:
             row["input_cbct_mae_hu"] = mae(gt, np.clip(image, HU_MIN, HU_MAX), inside)
         rows.append((case.region or "unknown", row))
 
@@ -113,7 +115,8 @@ def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,
 
     image, ct, mask = load_case_hu(case, modality)
     sct = synthesize(card, backend, image, mask)
-    return tuple(sitk.GetArrayFromImage(i) for i in (ct, sct, mask, image))
+    array = sitk.GetArrayFromImage
+    return array(ct), array(sct), array(mask), array(image)
 
 
 def model_grid_arrays(case: PreparedCase, card: ModelCard,
@@ -121,6 +124,8 @@ def model_grid_arrays(case: PreparedCase, card: ModelCard,
     """CT, sCT, mask and input of a prepared case on the model grid (sliding window at step 0.3, mean
     blending, -1024 HU outside the body, as `sctconv convert`)."""
     arrays = case.load()
+    if arrays.input is None:
+        raise SctconvError(f"prepared case {case.name} has no input image (a CT-only dataset, --task ct)")
     x = normalize(arrays.input, arrays.mask, card.input_normalization)
     sct = denormalize_ct(predict_body(x, arrays.mask, backend, card)[0], card.target_normalization)
     sct[arrays.mask == 0] = HU_MIN

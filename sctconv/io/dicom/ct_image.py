@@ -257,7 +257,8 @@ def ct_image_module(options: SeriesOptions) -> Dataset:
     image in HU, KVP only when given."""
     ds = Dataset()
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    ds.KVP = format_ds(float(options.kvp)) if _is_number(options.kvp) else ""
+    kvp = _finite_float(options.kvp)
+    ds.KVP = format_ds(kvp) if kvp is not None else ""
     ds.RescaleIntercept = str(RESCALE_INTERCEPT)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
@@ -437,8 +438,10 @@ def _series_number(header: Dataset | None, options: SeriesOptions) -> int:
     return 1000
 
 
-def _is_number(value: Any) -> bool:
+def _finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None (nothing, blank text, not a number, NaN or infinite)."""
     try:
-        return value is not None and str(value).strip() != "" and math.isfinite(float(value))
+        number = float(value) if value is not None and str(value).strip() != "" else None
     except (TypeError, ValueError):
-        return False
+        return None
+    return number if number is not None and math.isfinite(number) else None

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from sctconv.errors import SctconvError
 from sctconv.io.dicom.files import DicomFile
 
 # Objects that carry Rows/Columns or pixel data but are not cross-sectional images to convert.
@@ -130,6 +131,27 @@ class SliceEntry:
     intercept: float
     problem: str | None = None  # a reason why this entry's geometry cannot be used
 
+    @property
+    def position(self) -> np.ndarray:
+        """ImagePositionPatient; an error where the slice has none."""
+        return self._known(self.ipp, "ImagePositionPatient")
+
+    @property
+    def orientation(self) -> np.ndarray:
+        """ImageOrientationPatient; an error where the slice has none."""
+        return self._known(self.iop, "ImageOrientationPatient")
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """PixelSpacing (row spacing, column spacing); an error where the slice has none."""
+        return self._known(self.pixel_spacing, "PixelSpacing")
+
+    def _known(self, value: np.ndarray | None, keyword: str) -> np.ndarray:
+        if value is None:
+            where = self.src.name + (f" frame {self.frame}" if self.frame else "")
+            raise SctconvError(f"{where} has no valid {keyword}, so its position in the patient is unknown")
+        return value
+
 
 def slice_entries(src: DicomFile, ds: Dataset) -> list[SliceEntry]:
     """The slices of the file ``src`` with header ``ds``: one, or one per frame."""
@@ -157,24 +179,25 @@ def slice_entries(src: DicomFile, ds: Dataset) -> list[SliceEntry]:
     ]
 
 
-def _entries_multiframe(src: DicomFile, ds: Dataset, rows: int, cols: int,
-                        nframes: int) -> list[SliceEntry]:
-    shared = _item(ds, "SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or []
-    problem = None
+def _multiframe_problem(src: DicomFile, per_frame: Any, shared: Dataset | None, nframes: int) -> str | None:
+    """Why the frames of an enhanced multi-frame file cannot be placed, or None."""
     if not per_frame and shared is None:
-        problem = (
+        return (
             f"enhanced multi-frame file {src.name} ({nframes} frames) has no "
             "Shared/PerFrameFunctionalGroupsSequence, so its slice geometry is unknown; "
             "export the series as classic single-frame images"
         )
-    elif per_frame and len(per_frame) != nframes:
-        problem = (
+    if per_frame and len(per_frame) != nframes:
+        return (
             f"multi-frame file {src.name} has {len(per_frame)} per-frame functional groups "
             f"for {nframes} frames"
         )
+    return None
 
-    # A compact header per frame: the top level without the (large) functional groups.
+
+def _frame_template(ds: Dataset) -> Dataset:
+    """A compact header per frame: the top level without the (large) functional groups, pixel data
+    and the geometry each frame sets."""
     base = Dataset()
     for elem in ds:
         if elem.keyword in _ENHANCED_KEYWORDS or elem.tag == 0x7FE00010:
@@ -185,50 +208,63 @@ def _entries_multiframe(src: DicomFile, ds: Dataset, rows: int, cols: int,
     for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if kw in base:
             del base[kw]
+    return base
 
-    def lookup(frame_groups: Dataset | None, seq_kw: str, attr: str) -> Any:
-        for holder in (frame_groups, shared):
-            item = _item(holder, seq_kw)
-            if item is not None and attr in item:
-                return item.get(attr)
-        return None
 
-    entries: list[SliceEntry] = []
-    for f in range(nframes):
-        groups = per_frame[f] if f < len(per_frame) else None
-        ipp = _float_list(lookup(groups, "PlanePositionSequence", "ImagePositionPatient"), 3)
-        iop = _float_list(
-            lookup(groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
-        )
-        spacing = _float_list(lookup(groups, "PixelMeasuresSequence", "PixelSpacing"), 2)
-        thickness = lookup(groups, "PixelMeasuresSequence", "SliceThickness")
-        slope = lookup(groups, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = lookup(groups, "PixelValueTransformationSequence", "RescaleIntercept")
-        if slope in (None, ""):
-            slope = ds.get("RescaleSlope", 1) or 1
-        if intercept in (None, ""):
-            intercept = ds.get("RescaleIntercept", 0) or 0
-        header = copy.copy(base)
-        if ipp is not None:
-            header.ImagePositionPatient = [float(v) for v in ipp]
-        if iop is not None:
-            header.ImageOrientationPatient = [float(v) for v in iop]
-        if spacing is not None:
-            header.PixelSpacing = [float(v) for v in spacing]
-        entries.append(
-            SliceEntry(
-                src=src,
-                header=header,
-                frame=f + 1,
-                rows=rows,
-                cols=cols,
-                ipp=ipp,
-                iop=iop,
-                pixel_spacing=spacing,
-                slice_thickness=float(thickness) if thickness not in (None, "") else None,
-                slope=float(slope),
-                intercept=float(intercept),
-                problem=problem,
-            )
-        )
-    return entries
+def _group_value(frame_groups: Dataset | None, shared: Dataset | None, seq_kw: str, attr: str) -> Any:
+    """``attr`` of the frame's functional group ``seq_kw``, else of the shared one; None when neither has it."""
+    for holder in (frame_groups, shared):
+        item = _item(holder, seq_kw)
+        if item is not None and attr in item:
+            return item.get(attr)
+    return None
+
+
+def _frame_entry(src: DicomFile, ds: Dataset, template: Dataset, groups: Dataset | None,
+                 shared: Dataset | None, frame: int, rows: int, cols: int, problem: str | None) -> SliceEntry:
+    """The entry of frame number ``frame`` (1-based), with its functional groups ``groups``."""
+    ipp = _float_list(_group_value(groups, shared, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    iop = _float_list(_group_value(groups, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _float_list(_group_value(groups, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    thickness = _group_value(groups, shared, "PixelMeasuresSequence", "SliceThickness")
+    slope = _group_value(groups, shared, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = _group_value(groups, shared, "PixelValueTransformationSequence", "RescaleIntercept")
+    if slope in (None, ""):
+        slope = ds.get("RescaleSlope", 1) or 1
+    if intercept in (None, ""):
+        intercept = ds.get("RescaleIntercept", 0) or 0
+    header = copy.copy(template)
+    if ipp is not None:
+        header.ImagePositionPatient = [float(v) for v in ipp]
+    if iop is not None:
+        header.ImageOrientationPatient = [float(v) for v in iop]
+    if spacing is not None:
+        header.PixelSpacing = [float(v) for v in spacing]
+    return SliceEntry(
+        src=src,
+        header=header,
+        frame=frame,
+        rows=rows,
+        cols=cols,
+        ipp=ipp,
+        iop=iop,
+        pixel_spacing=spacing,
+        slice_thickness=float(thickness) if thickness not in (None, "") else None,
+        slope=float(slope),
+        intercept=float(intercept),
+        problem=problem,
+    )
+
+
+def _entries_multiframe(src: DicomFile, ds: Dataset, rows: int, cols: int,
+                        nframes: int) -> list[SliceEntry]:
+    """The entries of an enhanced multi-frame file, one per frame."""
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or []
+    problem = _multiframe_problem(src, per_frame, shared, nframes)
+    template = _frame_template(ds)
+    return [
+        _frame_entry(src, ds, template, per_frame[f] if f < len(per_frame) else None, shared, f + 1, rows, cols,
+                     problem)
+        for f in range(nframes)
+    ]

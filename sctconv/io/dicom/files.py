@@ -84,14 +84,16 @@ def iter_files(path: Path) -> Iterator[DicomFile]:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
             if info.is_dir():
                 continue
-            yield DicomFile(
-                f"{path}:{info.filename}",
-                lambda info=info: io.BytesIO(archive.read(info)),
-            )
+            yield DicomFile(f"{path}:{info.filename}", _member_opener(archive, info))
         return
     for sibling in sorted(path.parent.iterdir()):
         if sibling.is_file():
             yield dicom_file(sibling)
+
+
+def _member_opener(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
+    """Opens the member ``info`` of ``archive``, read into memory."""
+    return lambda: io.BytesIO(archive.read(info))
 
 
 def read_header(src: DicomFile) -> Dataset | None:

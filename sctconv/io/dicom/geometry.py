@@ -31,7 +31,7 @@ def check_slices(entries: list[SliceEntry], label: str) -> None:
                 f"series {label}: {where} has no valid {', '.join(missing)}, so its position "
                 "in the patient is unknown"
             )
-        if np.any(e.pixel_spacing <= 0):
+        if np.any(e.spacing <= 0):
             raise SctconvError(f"series {label}: {e.src.name} has a non-positive PixelSpacing")
         spp = int_or_none(e.header.get("SamplesPerPixel", 1)) or 1
         if spp != 1:
@@ -45,24 +45,24 @@ def check_slices(entries: list[SliceEntry], label: str) -> None:
                 f"series {label} uses PhotometricInterpretation MONOCHROME1 (inverted grey "
                 "scale), which is not a cross-sectional MR/CT encoding sctconv supports"
             )
-    ref = entries[0].pixel_spacing
+    ref = entries[0].spacing
     for e in entries[1:]:
-        if np.max(np.abs(e.pixel_spacing - ref)) > 1e-4 * max(1.0, float(np.max(ref))):
+        if np.max(np.abs(e.spacing - ref)) > 1e-4 * max(1.0, float(np.max(ref))):
             raise SctconvError(
                 f"series {label} mixes pixel spacings ({format_mm(ref[0])}x{format_mm(ref[1])} mm "
-                f"and {format_mm(e.pixel_spacing[0])}x{format_mm(e.pixel_spacing[1])} mm)"
+                f"and {format_mm(e.spacing[0])}x{format_mm(e.spacing[1])} mm)"
             )
 
 
 def slice_cosines(entry: SliceEntry, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row and column cosines (made orthonormal) and the slice normal of ``entry``."""
-    r = entry.iop[:3].copy()
-    c = entry.iop[3:].copy()
+    r = entry.orientation[:3].copy()
+    c = entry.orientation[3:].copy()
     nr, nc = np.linalg.norm(r), np.linalg.norm(c)
     if nr < 1e-6 or nc < 1e-6 or abs(float(np.dot(r, c))) / (nr * nc) > 1e-3:
         raise SctconvError(
             f"series {label} has an invalid ImageOrientationPatient "
-            f"{[round(float(v), 6) for v in entry.iop]} (row and column cosines must be "
+            f"{[round(float(v), 6) for v in entry.orientation]} (row and column cosines must be "
             "perpendicular unit vectors)"
         )
     r /= nr
@@ -107,12 +107,12 @@ def check_stacking(entries: list[SliceEntry], positions: np.ndarray, normal: np.
             f"normal{hint}"
         )
 
-    p0 = entries[0].ipp
-    offsets = np.array([e.ipp - p0 for e in entries])
+    p0 = entries[0].position
+    offsets = np.array([e.position - p0 for e in entries])
     along = offsets @ normal
     perp = offsets - np.outer(along, normal)
     shift = np.linalg.norm(perp, axis=1)
-    tol = max(0.05, 0.1 * float(np.min(entries[0].pixel_spacing)))
+    tol = max(0.05, 0.1 * float(np.min(entries[0].spacing)))
     if float(np.max(shift)) > tol:
         k = int(np.argmax(shift))
         angle = float(np.degrees(np.arctan2(shift[k], abs(along[k]))))

@@ -30,11 +30,27 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from sctconv.errors import SctconvError
-from sctconv.io.dicom.entries import (SliceEntry, image_type, int_or_none, is_image, orientation_name, slice_entries,
-                                      sop_class_uid, sop_instance_uid)
+from sctconv.io.dicom.entries import (
+    SliceEntry,
+    image_type,
+    int_or_none,
+    is_image,
+    orientation_name,
+    slice_entries,
+    sop_class_uid,
+    sop_instance_uid,
+)
 from sctconv.io.dicom.files import decode_pixels, dicom_file, is_dicom_path, is_zip, iter_files, read_header
-from sctconv.io.dicom.geometry import (check_slices, check_stacking, format_mm, irregularity, most_common_step,
-                                       resample_stack, single_slice_step, slice_cosines)
+from sctconv.io.dicom.geometry import (
+    check_slices,
+    check_stacking,
+    format_mm,
+    irregularity,
+    most_common_step,
+    resample_stack,
+    single_slice_step,
+    slice_cosines,
+)
 from sctconv.io.dicom.series import Resampling, SeriesSummary, SourceSeries
 
 log = logging.getLogger(__name__)
@@ -287,7 +303,7 @@ def _load_stack(stack: _Stack, allow_uneven: bool) -> SourceSeries:
     check_slices(entries, label)
 
     r, c, n = slice_cosines(entries[0], label)
-    positions = np.array([float(np.dot(e.ipp, n)) for e in entries])
+    positions = np.array([float(np.dot(e.position, n)) for e in entries])
     order = np.argsort(positions, kind="stable")
     entries = [entries[i] for i in order]
     positions = positions[order]
@@ -304,7 +320,7 @@ def _load_stack(stack: _Stack, allow_uneven: bool) -> SourceSeries:
             )
         step = most_common_step(np.diff(positions)) if irregular else float(
             (positions[-1] - positions[0]) / (len(positions) - 1))
-    spacing_rc = entries[0].pixel_spacing  # (row spacing, column spacing)
+    spacing_rc = entries[0].spacing  # (row spacing, column spacing)
 
     array = _pixels(entries, label)
     resampled = slice_sources = None
@@ -317,7 +333,7 @@ def _load_stack(stack: _Stack, allow_uneven: bool) -> SourceSeries:
         )
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((float(spacing_rc[1]), float(spacing_rc[0]), float(step)))
-    image.SetOrigin(tuple(float(v) for v in entries[0].ipp))
+    image.SetOrigin(tuple(float(v) for v in entries[0].position))
     image.SetDirection(tuple(float(v) for v in np.column_stack([r, c, n]).ravel()))
 
     headers = [e.header for e in entries]

@@ -16,16 +16,29 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from sctconv.errors import SctconvError
 from sctconv.hu import HU_MAX, HU_MIN
-from sctconv.io.dicom.ct_image import (RESCALE_INTERCEPT, SeriesOptions, common_instance_reference_module,
-                                       ct_image_module, frame_of_reference_module, general_acquisition_module,
-                                       general_equipment_module, general_image_module, general_reference_module,
-                                       general_series_module, general_study_module, image_pixel_module,
-                                       image_plane_module, patient_module, sop_common_module, source_image_sequence,
-                                       voi_lut_module)
+from sctconv.io.dicom.ct_image import (
+    RESCALE_INTERCEPT,
+    SeriesOptions,
+    common_instance_reference_module,
+    ct_image_module,
+    frame_of_reference_module,
+    general_acquisition_module,
+    general_equipment_module,
+    general_image_module,
+    general_reference_module,
+    general_series_module,
+    general_study_module,
+    image_pixel_module,
+    image_plane_module,
+    patient_module,
+    sop_common_module,
+    source_image_sequence,
+    voi_lut_module,
+)
 from sctconv.io.dicom.series import SourceSeries
 from sctconv.io.dicom.values import fit, format_ds
 
@@ -109,7 +122,7 @@ def _file_meta(sop_instance_uid: str, options: SeriesOptions) -> FileMetaDataset
     """File Meta Information (PS3.10 §7.1): explicit VR little endian."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = fit(f"SCTCONV_{options.software_version}", "SH")
