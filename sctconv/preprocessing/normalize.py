@@ -12,7 +12,7 @@ import numpy as np
 
 from sctconv.card_numbers import finite_number
 from sctconv.errors import SctconvError
-from sctconv.hu import HU_MAX, HU_MIN
+from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
 
 OUTLIER_FENCE = 5.0
 """A value further than this many times the 0.5-99.5 percentile range beyond that range (inside the
@@ -114,3 +114,9 @@ def ct_value(hu: float, norm: Normalization) -> float:
 def air_value(norm: Normalization) -> float:
     """Air (-1024 HU) in the CT's dataset z-score: the network output's value outside the body."""
     return ct_value(HU_MIN, norm)
+
+
+def bone_value(norm: Normalization) -> float:
+    """The bone threshold (:data:`sctconv.hu.BONE_HU`) in the CT's dataset z-score: where the bone-weighted
+    loss and the bone-centred patches of training start."""
+    return ct_value(BONE_HU, norm)

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from sctconv.errors import SctconvError
-from sctconv.hu import BONE_HU, HU_MAX, HU_MIN
+from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.nn.model import Model, ModelCard
 from sctconv.nn.network import Architecture, UNet
 from sctconv.nn.teacher import GROUPS, TISSUE_CLASSES, AFPLoss, load_teacher
-from sctconv.preprocessing.normalize import Normalization, ct_value
+from sctconv.preprocessing.normalize import Normalization, bone_value
 from sctconv.training.config import StageName, TrainConfig
 from sctconv.training.data import CaseArrays, PreparedCase, fingerprint
 from sctconv.training.plan import NetworkSetup
@@ -89,7 +89,7 @@ class L1Stage:
         return synthesis_card(self.config, cases, setup, init)
 
     def loss(self, card: ModelCard, device: str) -> Loss:
-        bone_level, weight = ct_value(BONE_HU, card.target_normalization), self.config.bone_weight
+        bone_level, weight = bone_value(card.target_normalization), self.config.bone_weight
         return lambda output, target: bone_weighted_l1(output.float(), target, bone_level, weight)
 
     def validate(self, network: UNet, cases: list[CaseArrays], card: ModelCard, device: str) -> dict[str, float]:

@@ -45,11 +45,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 
 from sctconv.errors import SctconvError
-from sctconv.hu import BONE_HU
 from sctconv.inference.predict import cudnn_benchmark, export_onnx
 from sctconv.nn.model import ONNX_NAME, Model, ModelCard, load_model, save_model
 from sctconv.nn.network import UNet, build_network, count_parameters
-from sctconv.preprocessing.normalize import ct_value
+from sctconv.preprocessing.normalize import bone_value
 from sctconv.training.checkpoint import load_checkpoint, run_identity, save_checkpoint
 from sctconv.training.config import TrainConfig
 from sctconv.training.curves import save_curves
@@ -304,7 +303,7 @@ def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.rand
         arrays += [case_arrays(c, card) for c in progress.track(cases.validation if sources
                                                                  else cases.train + cases.validation)]
     train_arrays, val_arrays = arrays[:len(cases.train)], arrays[len(cases.train):]
-    bone_level = ct_value(BONE_HU, card.target_normalization)
+    bone_level = bone_value(card.target_normalization)
     bone_voxels = {a.name: np.flatnonzero(a.y > bone_level) for a in train_arrays} if config.bone_fraction else {}
     return Batches(train_arrays, cases.train, sources, card, config, rng, bone_voxels), val_arrays
 
