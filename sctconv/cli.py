@@ -14,7 +14,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sctconv import __version__
@@ -89,7 +96,7 @@ def user_errors(command: Callable) -> Callable:
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
 
 
 @app.command()
@@ -114,7 +121,8 @@ def convert(
                                                    "grid, the number of windows or --step is beyond what a real "
                                                    "scan needs (refused by default).")] = False,
     blend: Annotated[str, typer.Option(help="mean (the paper's) or gaussian.")] = "mean",
-    batch_size: Annotated[int, typer.Option(help="Windows per network call.")] = 2,
+    batch_size: Annotated[int | None, typer.Option(help="Windows per network call (default: 2 on the CPU, "
+                                                        "as many as fit on a GPU).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     image_format: Annotated[str, typer.Option("--format", help="sct image format: nii.gz or mha.")] = "nii.gz",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -55,7 +54,7 @@ def test_the_torch_backend_gives_the_benchmark_flag_back(device, before, monkeyp
     network = FlagRecorder()
     backend = TorchBackend(network, device)  # type: ignore[arg-type]  # any module that maps a batch to a batch
     assert torch.backends.cudnn.benchmark is before
-    backend(np.zeros((1, 1, 4, 4, 4), np.float32))
+    backend(torch.zeros((1, 1, 4, 4, 4), device=device))
     assert network.seen == [before or device == "cuda"]
     assert torch.backends.cudnn.benchmark is before
 

@@ -20,12 +20,20 @@ from safetensors.torch import load_file
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.errors import SctconvError
 from sctconv.inference.predict import OnnxBackend
-from sctconv.nn.model import load_model
+from sctconv.nn.model import load_model, read_card
 from sctconv.nn.teacher import GROUPS, group_totalsegmentator, tissue_labels
 from sctconv.simulation.simulate import make_phantom, write_simulated_case
-from sctconv.training.data import CaseArrays, discover_cases, sample_patch, select_regions
+from sctconv.training.data import (
+    CaseArrays,
+    PreparedArrays,
+    PreparedCase,
+    discover_cases,
+    sample_patch,
+    select_regions,
+    simulated_case_arrays,
+)
 from sctconv.training.stages import bone_weighted_l1
-from sctconv.training.train import TrainConfig, patch_centres, poly_lr, split_cases
+from sctconv.training.train import Batches, TrainConfig, patch_centres, poly_lr, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
@@ -258,6 +266,37 @@ def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
 
 
 @pytest.mark.slow
+def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_steps(tmp_path):
+    """--simulate-input: the next case's MR is made beside the network's steps, swapped in one
+    ``resimulate_every`` later; the same seed gives the same arrays however long the simulation takes."""
+    card = read_card(Path("sctconv/models/mr2ct-small"))
+    ct, _ = make_phantom(np.random.default_rng(3), shape=(20, 48, 48), spacing=(2.0, 2.0, 2.0))
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    source = PreparedArrays(None, hu, (hu > -500).astype(np.uint8), None)
+    config = TrainConfig(data=tmp_path, out=tmp_path, modality="mr", name="m", regions=["thorax"],
+                         simulate_input=True, val_data=tmp_path, resimulate_every=2)
+    cases = [PreparedCase(name, "thorax", tmp_path / f"{name}.npz", False) for name in "ab"]
+
+    def batches() -> Batches:
+        rng = np.random.default_rng(0)
+        arrays = [simulated_case_arrays(c.name, source, card, rng) for c in cases]
+        return Batches(arrays, cases, [source, source], card, config, rng, {})
+
+    first, second = batches(), batches()
+    before = [a.x.copy() for a in first.arrays]
+    first.after_step(0)
+    first.after_step(1)  # submits one simulation, swaps nothing yet
+    assert first.pending is not None and all((a.x == b).all() for a, b in zip(first.arrays, before))
+    first.after_step(3)  # swaps it in, submits the next
+    assert sum(not (a.x == b).all() for a, b in zip(first.arrays, before)) == 1
+    second.after_step(1)
+    time.sleep(0.5)
+    second.after_step(3)
+    assert all((a.x == b.x).all() for a, b in zip(first.arrays, second.arrays))
+    first.close()
+    second.close()
+
+
 def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
     """--simulate-input trains MR from CT-only folders, validated on fixed simulated pairs; bf16 on CPU."""
     cts = tmp_path / "cts"

@@ -31,7 +31,7 @@ class ConvertOptions:
     like: Path | None = None  # DICOM series whose patient, study and FoR a non-DICOM input's sCT joins
     step: float = 0.3
     blend: str = "mean"
-    batch_size: int = 2
+    batch_size: int | None = None  # windows per network call; None: 2 on the CPU, what fits on a GPU
     device: str = "auto"
     backend: str = "torch"
     image_format: str = "nii.gz"  # one of IMAGE_FORMATS

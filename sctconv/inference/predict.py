@@ -2,9 +2,13 @@
 
 Windows are placed as in nnU-Net: along each axis ``ceil((L - P) / (P * step)) + 1`` windows
 spread evenly from the start to the end, so a step of 0.3 (the paper's) overlaps neighbours by 70%.
-Overlaps are averaged (the paper's mean blending) or weighted by a Gaussian, in float32
-accumulators. The network runs through PyTorch (CUDA with fp16 autocast when present) or through
-ONNX Runtime; both backends take and return float32 batches shaped (B, 1, z, y, x).
+Overlaps are averaged (the paper's mean blending) or weighted by a Gaussian. The engine keeps
+the volume, its padding, the float32 accumulators and the count map (computed once, before the
+network runs) on the backend's device, sends several windows per network call and never waits on
+the device per window; on a GPU that runs out of memory it retries with fewer windows per call,
+then accumulates on the host. Windows that hold no voxel of the body are not predicted. The network
+runs through PyTorch (CUDA with fp16 autocast when present) or through ONNX Runtime; both backends
+take and return float32 tensors shaped (B, C, z, y, x).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import Progress
 from scipy import ndimage
 from torch import nn
@@ -37,12 +42,13 @@ WEIGHTS_HASH_KEY = "sctconv.weights_sha256"
 
 
 class Backend(Protocol):
-    """Runs the network on a batch of normalized patches."""
+    """Runs the network on a batch of normalized patches: float32 (B, 1, z, y, x) on ``device`` in,
+    float32 (B, C, z, y, x) on ``device`` out."""
 
     name: str
     device: str
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
 def resolve_device(device: str) -> str:
@@ -78,12 +84,10 @@ class TorchBackend:
         self.network = network.to(device).eval()
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device)
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         cuda = self.device.startswith("cuda")
         with cudnn_benchmark(cuda), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            y = self.network(x)
-        return y.float().cpu().numpy()
+            return self.network(batch).float()
 
 
 class OnnxBackend:
@@ -111,8 +115,9 @@ class OnnxBackend:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: batch.cpu().numpy()})[0]
+        return torch.from_numpy(out).to(batch.device)
 
 
 def check_onnx_binding(session: onnxruntime.InferenceSession, model: Model, path: Path) -> None:
@@ -179,18 +184,18 @@ def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1 / 8) ->
     return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
 
 
-def check_window_settings(step: float, blend: str, batch_size: int) -> None:
+def check_window_settings(step: float, blend: str, batch_size: int | None) -> None:
     """Refuse window settings that cannot work, with the option's name."""
     if not 0 < step <= 1:
         raise SctconvError(f"--step must be in (0, 1], not {step}")
     if blend not in ("mean", "gaussian"):
         raise SctconvError(f"unknown blending {blend!r}; use mean or gaussian")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SctconvError(f"--batch-size must be at least 1, not {batch_size}")
 
 
 def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
-                   blend: str = "mean", batch_size: int = 2, progress: Progress | None = None,
+                   blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None,
                    region: np.ndarray | None = None, outside: float | np.ndarray = 0.0) -> np.ndarray:
     """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
 
@@ -199,39 +204,112 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
     :func:`window_region` of the body), only the windows that hold a voxel of it are predicted, so no
     work goes to the air around the body; a voxel of ``region`` gets exactly the value it gets
     without ``region``, and voxels that no predicted window covers get ``outside`` (a value, or an
-    array of the volume's shape).
+    array of the volume's shape). ``batch_size`` windows go through the network at a time (None:
+    :func:`auto_batch_size`).
     """
     check_window_settings(step, blend, batch_size)
-    pad = [(0, max(0, p - s)) for p, s in zip(patch, volume.shape)]
-    padded = np.pad(volume, pad, constant_values=float(volume.min())) if any(p[1] for p in pad) else volume
-    starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded.shape, patch))))
+    device = torch.device(backend.device)
+    pad = [max(0, p - s) for p, s in zip(patch, volume.shape)]
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)  # no copy on the CPU
+    padded = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), value=float(x.min())) if any(pad) else x
+    windows = [tuple(slice(s, s + p) for s, p in zip(start, patch))
+               for start in itertools.product(*(window_starts(n, p, step) for n, p in zip(padded.shape, patch)))]
     if region is not None:
-        wanted = np.pad(region, pad) if any(p[1] for p in pad) else region
-        starts = [start for start in starts if wanted[tuple(slice(s, s + p) for s, p in zip(start, patch))].any()]
-    weights = gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, dtype=np.float32)
-    total: np.ndarray | None = None
-    count = np.zeros(padded.shape, dtype=np.float32)
-    task = progress.add_task("predicting windows", total=len(starts)) if progress else None
-    for first in range(0, len(starts), batch_size):
-        chunk = starts[first:first + batch_size]
-        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in chunk]
-        batch = np.stack([padded[sl] for sl in slices])[:, None].astype(np.float32, copy=False)
-        out = backend(np.ascontiguousarray(batch))
-        if total is None:
-            total = np.zeros((out.shape[1], *padded.shape), dtype=np.float32)
-        for sl, pred in zip(slices, out):
-            total[(slice(None),) + sl] += pred * weights
-            count[sl] += weights
+        wanted = np.pad(region, [(0, p) for p in pad]) if any(pad) else region
+        windows = [w for w in windows if wanted[w].any()]
+    weights = torch.from_numpy(gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, np.float32))
+    accumulator = Accumulator(padded.shape, windows, weights.to(device))
+    batch_size = batch_size or auto_batch_size(backend, patch)
+    task = progress.add_task("predicting windows", total=len(windows)) if progress else None
+    done = 0
+    while done < len(windows):
+        chunk = windows[done:done + batch_size]
+        try:
+            out = backend(torch.stack([padded[w] for w in chunk])[:, None])
+        except torch.OutOfMemoryError:
+            batch_size = accumulator.after_out_of_memory(batch_size, patch)
+            continue
+        accumulator.add(chunk, out)
+        done += len(chunk)
         if progress is not None and task is not None:
             progress.advance(task, len(chunk))
-    if total is None:  # nothing to predict: the region is empty
-        total = np.zeros((1, *padded.shape), dtype=np.float32)
-    inside = tuple(slice(0, n) for n in volume.shape)
-    result = (total / np.maximum(count, np.float32(1e-12)))[(slice(None),) + inside]
-    covered = count[inside] > 0
-    if not covered.all():
-        result[:, ~covered] = outside if np.isscalar(outside) else np.asarray(outside)[~covered]
-    return result
+    return accumulator.result(volume.shape, outside)
+
+
+CPU_BATCH_SIZE = 2
+"""Windows per call on the CPU: more do not run faster there (measured, benchmarks/RESULTS.md)."""
+
+MAX_GPU_BATCH_SIZE = 32
+
+
+def auto_batch_size(backend: Backend, patch: tuple[int, int, int]) -> int:
+    """Windows per network call: :data:`CPU_BATCH_SIZE` on the CPU or through ONNX Runtime; on a GPU as
+    many as fit in 80% of its free memory, from the memory that one and then two windows take (as
+    KonfAI does), at most :data:`MAX_GPU_BATCH_SIZE`."""
+    if not (isinstance(backend, TorchBackend) and backend.device.startswith("cuda")):
+        return CPU_BATCH_SIZE
+    device = torch.device(backend.device)
+    peaks = []
+    for n in (1, 2):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        backend(torch.zeros((n, 1, *patch), device=device))
+        peaks.append(torch.cuda.max_memory_allocated(device) - before)
+    per_window = max(peaks[1] - peaks[0], 1)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(MAX_GPU_BATCH_SIZE, (0.8 * free - peaks[0]) // per_window + 1)))
+
+
+class Accumulator:
+    """The blended prediction under way: float32 sums of weighted window outputs and the count map
+    (the sum of the weights over all windows, computed once), on the device until a GPU runs out of
+    memory, then on the host."""
+
+    def __init__(self, shape: tuple[int, ...], windows: list[tuple[slice, ...]], weights: torch.Tensor) -> None:
+        self.weights = weights
+        self.uniform = bool((weights == 1).all())
+        self.count = torch.zeros(shape, dtype=torch.float32, device=weights.device)
+        for w in windows:
+            self.count[w] += weights
+        self.total: torch.Tensor | None = None  # (C, z, y, x) once the first output gives C
+
+    def add(self, windows: list[tuple[slice, ...]], out: torch.Tensor) -> None:
+        """Outputs (B, C, z, y, x) of ``windows`` added in, weighted."""
+        if self.total is None:
+            self.total = torch.zeros((out.shape[1], *self.count.shape), dtype=torch.float32, device=self.count.device)
+        out = out.to(self.total.device)
+        for w, pred in zip(windows, out):
+            view = self.total[(slice(None),) + w]
+            view += pred if self.uniform else pred * self.weights
+
+    def after_out_of_memory(self, batch_size: int, patch: tuple[int, int, int]) -> int:
+        """The batch size to retry with after the GPU ran out of memory: half as many windows, then
+        one window with the accumulators on the host; an error when even that does not fit."""
+        if self.count.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if batch_size > 1:
+            return batch_size // 2
+        if self.count.device.type != "cpu":
+            self.count, self.weights = self.count.cpu(), self.weights.cpu()
+            self.total = None if self.total is None else self.total.cpu()
+            torch.cuda.empty_cache()
+            return 1
+        raise SctconvError(f"out of memory for one {' x '.join(map(str, patch))} window; use --device cpu "
+                           "or a smaller model")
+
+    def result(self, shape: tuple[int, ...], outside: float | np.ndarray) -> np.ndarray:
+        """The blend cropped to ``shape``, ``outside`` where no window was predicted, on the host."""
+        inside = tuple(slice(0, n) for n in shape)
+        count = self.count[inside]
+        if self.total is None:  # nothing to predict: the region is empty
+            result = np.zeros((1, *shape), dtype=np.float32)
+        else:
+            result = (self.total[(slice(None),) + inside] / count.clamp_min(1e-12)).cpu().numpy()
+        covered = (count > 0).cpu().numpy()
+        if not covered.all():
+            result[:, ~covered] = outside if np.isscalar(outside) else np.asarray(outside)[~covered]
+        return result
 
 
 def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
@@ -241,7 +319,7 @@ def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
 
 
 def predict_body(x: np.ndarray, mask: np.ndarray, backend: Backend, card: ModelCard, step: float = 0.3,
-                 blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> np.ndarray:
+                 blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """:func:`sliding_window` of ``card``'s network on the windows that hold the body (``mask``, widened);
     elsewhere air, or for a residual model the input itself (no correction)."""
     outside = x if card.architecture.residual_output else air_value(card.target_normalization)

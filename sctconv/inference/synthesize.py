@@ -15,7 +15,7 @@ from sctconv.preprocessing.normalize import denormalize_ct, normalize, require_f
 
 
 def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.Image, step: float = 0.3,
-               blend: str = "mean", batch_size: int = 2, progress: Progress | None = None) -> sitk.Image:
+               blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None) -> sitk.Image:
     """sCT in HU on exactly ``image``'s grid: -1024 outside ``mask``, clipped to [-1024, 3071]."""
     grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)

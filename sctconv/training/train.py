@@ -35,7 +35,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
             save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
             (config.out / "history.json").write_text(json.dumps(history, indent=2))
         ranks.barrier()
+    batches.close()
     if ranks.main:
         write_model(stage, network, card, stats, init, cases, val_arrays, history, ranks, console)
     return config.out
@@ -286,11 +288,27 @@ class Batches:
         y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
         return x, y
 
+    pending: tuple[int, Future[CaseArrays]] | None = None  # the case being simulated, and its new arrays
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "resimulate"))
+
     def after_step(self, step: int) -> None:
-        """With simulated inputs, every ``resimulate_every`` steps one training case gets a new contrast."""
-        if self.sources and (step + 1) % self.config.resimulate_every == 0:
-            i = int(self.rng.integers(len(self.sources)))
-            self.arrays[i] = simulated_case_arrays(self.cases[i].name, self.sources[i], self.card, self.rng)
+        """With simulated inputs, every ``resimulate_every`` steps one training case gets a new contrast.
+
+        The new contrast is simulated in a background thread while the network takes the next
+        ``resimulate_every`` steps (the simulation is NumPy/SciPy work that would otherwise leave a core
+        idle), and swapped in at a fixed step, so a run stays reproducible."""
+        if not self.sources or (step + 1) % self.config.resimulate_every:
+            return
+        if self.pending is not None:
+            i, future = self.pending
+            self.arrays[i] = future.result()
+        i = int(self.rng.integers(len(self.sources)))
+        rng = np.random.default_rng(int(self.rng.integers(2 ** 63)))
+        self.pending = i, self.pool.submit(simulated_case_arrays, self.cases[i].name, self.sources[i], self.card, rng)
+
+    def close(self) -> None:
+        """Stop the background simulation (after the one in flight)."""
+        self.pool.shutdown(cancel_futures=True)
 
 
 def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.random.Generator,
