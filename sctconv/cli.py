@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,15 +20,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sctconv import __version__
+from sctconv import __version__, failures
 from sctconv.errors import SctconvError
+from sctconv.failures import user_errors
+
+if TYPE_CHECKING:
+    from sctconv.convert.options import ConvertOptions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Synthetic CT from MRI or CBCT for radiotherapy planning. "
                        "Research tool, not a medical device.")
 console = Console(stderr=True)
 stdout = Console(width=None if sys.stdout.isatty() else 200)
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -48,50 +47,10 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Synthetic CT from MRI or CBCT for radiotherapy planning (research tool, not a medical device)."""
-    _state["debug"] = debug
+    failures.show_tracebacks(debug)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     for noisy in ("torch.onnx", "torch._export", "onnxscript", "torch.export"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, SLURM, Kubernetes, docker stop), raised where the program is so that it cleans up as on
-    Ctrl-C."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-def user_errors(command: Callable) -> Callable:
-    """Turn every failure into one line on stderr and a non-zero exit (full traceback with --debug);
-    SIGTERM stops the command as Ctrl-C does."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _terminate)
-        try:
-            return command(*args, **kwargs)
-        except SctconvError as exc:
-            if _state["debug"]:
-                raise
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, _Terminated)
-            typer.echo("terminated" if terminated else "interrupted", err=True)
-            sys.exit(143 if terminated else 130)
-        except Exception as exc:  # a bug or an environment problem: still one line
-            if _state["debug"]:
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"error: unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)",
-                       err=True)
-            sys.exit(2)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    return wrapper
 
 
 def _progress() -> Progress:
@@ -102,9 +61,15 @@ def _progress() -> Progress:
 @app.command()
 @user_errors
 def convert(
-    input: Annotated[Path, typer.Argument(help="MRI or CBCT: NIfTI, MHA/MHD, NRRD, a DICOM folder or zip, or one "
-                                               "DICOM file (its series is read from its folder).")],
-    output: Annotated[Path, typer.Argument(help="Output folder (created; must not exist unless --overwrite).")],
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="INPUT OUTPUT | INPUT... -o OUTDIR",
+        help="MRI or CBCT (NIfTI, MHA/MHD, NRRD, a DICOM folder or zip, or one DICOM file: its series is read "
+             "from its folder) and the output folder (created; must not exist unless --overwrite). With -o: "
+             "any number of inputs, and CSV files of input,output rows.")],
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Batch: each input into "
+                                                    "OUTDIR/<case name>/, the summary in OUTDIR/batch*.json.")] = None,
+    num_parts: Annotated[int, typer.Option(help="Batch: split the cases into this many parts (machines).")] = 1,
+    part_id: Annotated[int, typer.Option(help="Batch: the part this run converts, 0 to --num-parts - 1.")] = 0,
     modality: Annotated[str | None, typer.Option(help="mr or cbct (default: DICOM Modality, else the model, "
                                                          "else guessed).")] = None,
     region: Annotated[str | None, typer.Option(help="head-neck, thorax, abdomen (or HN, TH, AB).")] = None,
@@ -147,6 +112,7 @@ def convert(
     """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
     from sctconv.convert.options import ConvertOptions
     from sctconv.convert.pipeline import convert as run_convert
+    from sctconv.convert.report import console_lines
     from sctconv.io.dicom.write import SeriesOptions
 
     options = ConvertOptions(
@@ -158,23 +124,31 @@ def convert(
                                      series_number=series_number, manufacturer=manufacturer,
                                      manufacturer_model_name=manufacturer_model_name, station_name=station_name,
                                      institution_name=institution_name, kvp=None if kvp is None else str(kvp)))
+    if output_dir is not None:
+        _convert_batch(paths, output_dir, options, num_parts, part_id, quiet)
+        return
+    if len(paths) != 2 or (num_parts, part_id) != (1, 0):
+        raise SctconvError("give one INPUT and one OUTPUT folder, or several inputs with -o OUTDIR "
+                           "(--num-parts and --part-id split a batch)")
     with _progress() as progress:
-        report = run_convert(input, output, options, None if quiet else progress)
-    hu = report["hu_in_body"]
-    console.print(f"[green]sCT written to {output}[/] ({report['model']['name']}, {report['inference']['backend']} on "
-                  f"{report['inference']['device']}, {report['timings_s']['total']:.1f} s; body HU median "
-                  f"{hu['median']:.0f}, {100 * hu['fraction_above_300_hu']:.1f}% above 300 HU)")
-    region_record = report["region"]
-    if region_record["value"]:
-        how = region_record["source"] if region_record["source"] != "option" else "--region"
-        evidence = region_record.get("evidence")
-        if region_record["source"] == "detected" and evidence:
-            how += f", {evidence['confidence']} confidence: {evidence['rule']}"
-        console.print(f"region: {region_record['value']} ({escape(how)})", highlight=False)
-    for note in report["notes"]:
-        console.print(f"note: {note}")
-    for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        report = run_convert(paths[0], paths[1], options, None if quiet else progress)
+    for line in console_lines(report, paths[1]):
+        console.print(line, highlight=False)
+
+
+def _convert_batch(paths: list[Path], output_dir: Path, options: ConvertOptions, num_parts: int, part_id: int,
+                   quiet: bool) -> None:
+    """`convert -o OUTDIR`: the cases of ``paths`` (this part of them), a summary, exit 1 if any failed."""
+    from sctconv.convert.batch import batch_cases, convert_batch, shard, summary_name, summary_table
+
+    cases = shard(batch_cases(paths, output_dir), num_parts, part_id)
+    summary = output_dir / summary_name(num_parts, part_id)
+    with _progress() as progress:
+        results = convert_batch(cases, summary, options, console, None if quiet else progress)
+    console.print(summary_table(results))
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        raise SctconvError(f"{failed} of {len(results)} cases failed (reasons above and in {summary})")
 
 
 @app.command()

@@ -293,8 +293,6 @@ def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_s
     time.sleep(0.5)
     second.after_step(3)
     assert all((a.x == b.x).all() for a, b in zip(first.arrays, second.arrays))
-    first.close()
-    second.close()
 
 
 def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):

@@ -89,6 +89,16 @@ def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tup
     return OnnxBackend(model, path, device), note
 
 
+def load_cached(folder: Path, models: dict[Path, Model] | None) -> Model:
+    """``folder``'s model; loaded once when ``models`` keeps the loaded ones."""
+    if models is None:
+        return load_model(folder)
+    key = folder.resolve()
+    if key not in models:
+        models[key] = load_model(folder)
+    return models[key]
+
+
 SECONDARY_REGION_MM = 150.0
 """A region that is not the detected one but fills this much of the body's length is warned about too."""
 
@@ -182,12 +192,13 @@ class Stopwatch:
 
 
 def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
-            progress: Progress | None = None) -> dict:
+            progress: Progress | None = None, models: dict[Path, Model] | None = None) -> dict:
     """Convert one MR or CBCT into an sCT folder; returns the run report (also written as report.json).
 
     Read -> mask -> choose the model -> synthesize (normalize, predict, back to HU) -> write each output.
     Everything is written into a hidden staging folder beside ``out_dir`` and renamed into place
-    at the end, so a failure leaves no output behind.
+    at the end, so a failure leaves no output behind. ``models`` keeps the models loaded across the
+    cases of a batch.
     """
     options.check()
     inputs = (input_path, options.mask, options.like)
@@ -199,7 +210,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     if not options.allow_large:
         check_input_size(volume.image, f"input {input_path}")
     region = canonical_region(options.region) if options.region else None
-    model = load_model(resolve_model(options.model, "", None)) if options.model else None
+    model = load_cached(resolve_model(options.model, "", None), models) if options.model else None
     modality, modality_source = choose_modality(volume, options.modality, model.card if model else None)
     if model:
         check_model(model.card, modality, modality_source)
@@ -210,7 +221,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     region_record = choose_region(region, volume.image, mask, modality)
     stopwatch.lap("region")
     if model is None:
-        model = load_model(shipped_model(modality, region_record))
+        model = load_cached(shipped_model(modality, region_record), models)
         check_model(model.card, modality, modality_source)
     if not options.allow_large:
         check_workload(volume.image, model.card, options.step)

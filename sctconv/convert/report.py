@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from rich.markup import escape
 
 from sctconv import __version__
 from sctconv.convert.options import ConvertOptions
@@ -90,3 +91,22 @@ def versions() -> dict[str, str]:
     return {"sctconv": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "SimpleITK": sitk.Version.VersionString(),
             "pydicom": pydicom.__version__, "numpy": np.__version__}
+
+
+def console_lines(report: dict, output: Path) -> list[str]:
+    """What the console says after a conversion (rich markup): where, with what, the body's HU, the
+    region and how it was chosen, notes and warnings."""
+    hu, region = report["hu_in_body"], report["region"]
+    lines = [f"[green]sCT written to {escape(str(output))}[/] ({report['model']['name']}, "
+             f"{report['inference']['backend']} on {report['inference']['device']}, "
+             f"{report['timings_s']['total']:.1f} s; body HU median {hu['median']:.0f}, "
+             f"{100 * hu['fraction_above_300_hu']:.1f}% above 300 HU)"]
+    if region["value"]:
+        how = region["source"] if region["source"] != "option" else "--region"
+        evidence = region.get("evidence")
+        if region["source"] == "detected" and evidence:
+            how += f", {evidence['confidence']} confidence: {evidence['rule']}"
+        lines.append(f"region: {region['value']} ({escape(how)})")
+    lines += [f"note: {escape(note)}" for note in report["notes"]]
+    lines += [f"[yellow]warning:[/] {escape(warning)}" for warning in report["warnings"]]
+    return lines

@@ -160,7 +160,6 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
             save_curves(history, config.out / "curves.png", f"{config.name} (stage {config.stage})")
             (config.out / "history.json").write_text(json.dumps(history, indent=2))
         ranks.barrier()
-    batches.close()
     if ranks.main:
         write_model(stage, network, card, stats, init, cases, val_arrays, history, ranks, console)
     return config.out
@@ -289,7 +288,7 @@ class Batches:
         return x, y
 
     pending: tuple[int, Future[CaseArrays]] | None = None  # the case being simulated, and its new arrays
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "resimulate"))
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "resimulate"))  # ends with Batches
 
     def after_step(self, step: int) -> None:
         """With simulated inputs, every ``resimulate_every`` steps one training case gets a new contrast.
@@ -305,10 +304,6 @@ class Batches:
         i = int(self.rng.integers(len(self.sources)))
         rng = np.random.default_rng(int(self.rng.integers(2 ** 63)))
         self.pending = i, self.pool.submit(simulated_case_arrays, self.cases[i].name, self.sources[i], self.card, rng)
-
-    def close(self) -> None:
-        """Stop the background simulation (after the one in flight)."""
-        self.pool.shutdown(cancel_futures=True)
 
 
 def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.random.Generator,
