@@ -94,7 +94,7 @@ def engine(x: np.ndarray, body: np.ndarray, network: UNet, card: ModelCard, step
             counted.append(len(batch))
             return backend(batch)
 
-    out = predict_body(x, body, Counting(), card, step)
+    out = predict_body(x, body, Counting(), card, step).mean
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return out, sum(counted), time.perf_counter() - started

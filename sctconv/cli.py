@@ -90,6 +90,11 @@ def convert(
                                                         "as many as fit on a GPU).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    tta: Annotated[int, typer.Option(help="Test-time augmentation: average over this many flips (1-8).")] = 1,
+    ensemble: Annotated[list[str] | None, typer.Option(help="Another model to average with --model (repeat).")] = None,
+    uncertainty: Annotated[bool, typer.Option(help="Write uncertainty.nii.gz: the per-voxel standard deviation "
+                                                   "over TTA/ensemble members and overlapping windows.")] = False,
+    uncertainty_threshold: Annotated[float, typer.Option(help="Flag a mean body uncertainty above this (HU).")] = 50,
     image_format: Annotated[str, typer.Option("--format", help="sct image format: nii.gz or mha.")] = "nii.gz",
     dicom: Annotated[bool, typer.Option("--dicom/--no-dicom", help="Write the sCT DICOM series.")] = True,
     series_description: Annotated[str | None, typer.Option(
@@ -117,7 +122,8 @@ def convert(
 
     options = ConvertOptions(
         modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
-        batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom,
+        batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom, tta=tta,
+        ensemble=tuple(ensemble or ()), uncertainty=uncertainty, uncertainty_threshold_hu=uncertainty_threshold,
         overwrite=overwrite, allow_uneven=allow_uneven, allow_large=allow_large, like=like,
         series_options=SeriesOptions(series_description=series_description or "", patient_id=patient_id,
                                      patient_name=patient_name, synthetic_data=synthetic_data_tag,

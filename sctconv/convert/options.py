@@ -8,6 +8,7 @@ from pathlib import Path
 from sctconv.convert.limits import check_step
 from sctconv.errors import SctconvError
 from sctconv.inference.predict import check_window_settings
+from sctconv.inference.synthesize import FLIPS
 from sctconv.io.dicom.write import SeriesOptions
 
 IMAGE_FORMATS = ("nii.gz", "mha")
@@ -33,6 +34,10 @@ class ConvertOptions:
     blend: str = "mean"
     batch_size: int | None = None  # windows per network call; None: 2 on the CPU, what fits on a GPU
     device: str = "auto"
+    tta: int = 1  # members from flipped copies of the input (1: none)
+    ensemble: tuple[str, ...] = ()  # more models whose sCTs are averaged with the first's
+    uncertainty: bool = False  # write the per-voxel standard deviation of members and windows
+    uncertainty_threshold_hu: float = 50.0  # the report flags a mean uncertainty in the body above this
     backend: str = "torch"
     image_format: str = "nii.gz"  # one of IMAGE_FORMATS
     dicom: bool = True
@@ -53,3 +58,9 @@ class ConvertOptions:
             check_step(self.step)
         if self.backend not in BACKENDS:
             raise SctconvError(f"unknown backend {self.backend!r}; use torch or onnx")
+        if not 1 <= self.tta <= len(FLIPS):
+            raise SctconvError(f"--tta must be 1 to {len(FLIPS)} (flips of the three axes), not {self.tta}")
+        if self.ensemble and self.model is None:
+            raise SctconvError("--ensemble adds models to --model; name the first one with --model")
+        if not self.uncertainty_threshold_hu > 0:
+            raise SctconvError("--uncertainty-threshold must be a positive number of HU")

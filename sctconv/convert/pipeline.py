@@ -20,7 +20,7 @@ from sctconv.convert.report import make_report, write_report
 from sctconv.convert.writers import Conversion, output_writers
 from sctconv.errors import SctconvError
 from sctconv.inference.predict import Backend, OnnxBackend, TorchBackend, export_onnx, resolve_device
-from sctconv.inference.synthesize import synthesize
+from sctconv.inference.synthesize import Member, synthesize
 from sctconv.io.dicom.read import is_dicom_path, read_series_header
 from sctconv.io.images import InputVolume, read_mask, read_volume
 from sctconv.io.output_dir import atomic_output_dir, check_output_dir
@@ -74,6 +74,16 @@ def read_like(input_path: Path, options: ConvertOptions) -> Dataset | None:
         raise SctconvError(f"the --like series {header.get('SeriesInstanceUID', '')} in {options.like} has no "
                            "FrameOfReferenceUID to attach the sCT to")
     return header
+
+
+def make_members(ensemble: list[Model], backend: str, device: str, work_dir: Path, notes: list[str]) -> list[Member]:
+    """A backend for each model of the ensemble; the notes of ONNX files exported for this run go to ``notes``."""
+    members = []
+    for model in ensemble:
+        runner, note = make_backend(model, backend, device, work_dir)
+        notes += [note] if note else []
+        members.append(Member(model.card, runner))
+    return members
 
 
 def make_backend(model: Model, backend: str, device: str, work_dir: Path) -> tuple[Backend, str | None]:
@@ -227,20 +237,22 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
         check_workload(volume.image, model.card, options.step)
     warnings, notes = coverage_warnings(model.card, region_record, modality_source, volume.image)
 
+    ensemble = [model] + [load_cached(resolve_model(name, "", None), models) for name in options.ensemble]
+    for extra in ensemble[1:]:
+        check_model(extra.card, modality, modality_source)
     device = resolve_device(options.device)
     with atomic_output_dir(out_dir, options.overwrite, inputs) as staging:
-        backend, note = make_backend(model, options.backend, device, staging)
-        notes += [note] if note else []
+        members = make_members(ensemble, options.backend, device, staging, notes)
         stopwatch.lap("load_model")
-        sct = synthesize(model.card, backend, volume.image, mask, options.step, options.blend,
-                         options.batch_size, progress)
+        synthesis = synthesize(members, volume.image, mask, options.step, options.blend, options.batch_size,
+                               progress, options.tta, options.uncertainty)
         stopwatch.lap("predict")
         staging.joinpath(ONNX_NAME).unlink(missing_ok=True)
         # whole HU, so that the image file and the DICOM series hold the same values
         conversion = Conversion(input_path, volume, modality, modality_source, mask, mask_source, region_record,
-                                model, sitk.Round(sct), like)
+                                model, sitk.Round(synthesis.sct), like, synthesis.uncertainty)
         outputs = [writer.write(conversion, staging) for writer in output_writers(options)]
         stopwatch.lap("write")
-        report = make_report(conversion, options, backend, outputs, stopwatch.timings, notes, warnings)
+        report = make_report(conversion, options, members, outputs, stopwatch.timings, notes, warnings)
         write_report(report, staging)
     return report

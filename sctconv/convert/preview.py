@@ -1,7 +1,8 @@
 """The preview of a conversion: source and sCT in three planes, with the body outline, as a PNG.
 
 One row for the input and three for the sCT in the CT windows a physicist judges it in: soft tissue
-(W400/L40), lung (W1500/L-600) and bone (W1800/L400), each row with its colour bar. Drawn with
+(W400/L40), lung (W1500/L-600) and bone (W1800/L400), and with ``--uncertainty`` one for the
+per-voxel standard deviation, each row with its colour bar. Drawn with
 matplotlib's object API (no pyplot, no backend switch), so importing this module changes nothing global.
 """
 
@@ -58,9 +59,11 @@ def _aspects(image: sitk.Image) -> list[float]:
     return [sy / sx, sz / sx, sz / sy]
 
 
-def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Path, title: str) -> None:
+def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Path, title: str,
+                 uncertainty: sitk.Image | None = None) -> None:
     """PNG with the input (top row) and the sCT in the soft-tissue, lung and bone windows (rows below),
-    each in the axial, coronal and sagittal planes through the body, the body outline in red."""
+    each in the axial, coronal and sagittal planes through the body, the body outline in red; with
+    ``uncertainty``, a last row with it (0 to its 99th percentile in the body, colour map)."""
     source_array, sct_array, mask_array = _volumes(source, sct, mask)
     box = _body_box(mask_array > 0, np.array(sitk.DICOMOrient(source, "LPS").GetSpacing()[::-1]))
     source_array, sct_array, mask_array = source_array[box], sct_array[box], mask_array[box]
@@ -73,6 +76,10 @@ def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Pa
     sct_planes = _planes(sct_array, centre)
     rows += [(f"sCT {name}\nW{width:.0f} L{level:.0f}", sct_planes, (level - width / 2, level + width / 2), "HU")
              for name, width, level in WINDOWS]
+    if uncertainty is not None:
+        spread = _volumes(uncertainty)[0][box]
+        top = float(np.percentile(spread[mask_array > 0], 99)) if (mask_array > 0).any() else 0.0
+        rows.append(("uncertainty\n(std)", _planes(spread, centre), (0.0, max(top, 1.0)), "HU (std)"))
 
     # Column widths follow the planes' physical aspect, so that each image fills its cell.
     shapes = [p.shape for p in inputs]
@@ -83,8 +90,8 @@ def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Pa
     for r, (label, planes, window, unit) in enumerate(rows):
         for c, plane in enumerate(planes):
             ax = axes[r, c]
-            shown = ax.imshow(plane, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspects[c],
-                              interpolation="nearest")
+            shown = ax.imshow(plane, cmap="magma" if unit == "HU (std)" else "gray", vmin=window[0],
+                              vmax=window[1], aspect=aspects[c], interpolation="nearest")
             if masks[c].any() and not masks[c].all():
                 ax.contour(masks[c], levels=[0.5], colors="red", linewidths=0.5)
             ax.set_xticks([])

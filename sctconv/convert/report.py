@@ -12,20 +12,29 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from rich.markup import escape
+from scipy import ndimage
 
 from sctconv import __version__
 from sctconv.convert.options import ConvertOptions
 from sctconv.convert.writers import Conversion
-from sctconv.inference.predict import Backend, OnnxBackend
+from sctconv.hu import BONE_HU
+from sctconv.inference.predict import OnnxBackend
+from sctconv.inference.synthesize import Member
 
 REPORT_NAME = "report.json"
 DISCLAIMER = "Research tool, not a medical device: verify every sCT before clinical use."
 
 
-def make_report(conversion: Conversion, options: ConvertOptions, backend: Backend, outputs: list[str],
+def make_report(conversion: Conversion, options: ConvertOptions, members: list[Member], outputs: list[str],
                 timings: dict[str, float], notes: list[str], warnings: list[str]) -> dict:
-    """The report of ``conversion``; ``outputs`` are the writers' entries, ``timings`` seconds per stage."""
-    volume, model = conversion.volume, conversion.model
+    """The report of ``conversion``; ``members`` the networks that ran (the first is the model's),
+    ``outputs`` the writers' entries, ``timings`` seconds per stage."""
+    volume, model, backend = conversion.volume, conversion.model, members[0].backend
+    uncertainty = uncertainty_summary(conversion, options.uncertainty_threshold_hu)
+    if uncertainty and uncertainty["flagged"]:
+        warnings = warnings + [f"the sCT's uncertainty is {uncertainty['mean_in_body']:.0f} HU on average in the body, "
+                               f"above the threshold of {uncertainty['threshold_hu']:.0f} HU: look at "
+                               "uncertainty.nii.gz and the preview before using this sCT"]
     source = volume.source
     return {
         "sctconv": __version__,
@@ -43,9 +52,11 @@ def make_report(conversion: Conversion, options: ConvertOptions, backend: Backen
         "mask": conversion.mask_source,
         "inference": {"backend": backend.name, "device": backend.device, "step": options.step,
                       "blend": options.blend, "batch_size": options.batch_size,
-                      "patch_size": list(model.card.patch_size), "spacing_zyx": list(model.card.spacing)},
+                      "patch_size": list(model.card.patch_size), "spacing_zyx": list(model.card.spacing),
+                      "tta": options.tta, "ensemble": [m.card.name for m in members]},
         "timings_s": {**timings, "total": round(sum(timings.values()), 3)},
         "hu_in_body": hu_statistics(conversion.sct, conversion.mask),
+        "uncertainty": uncertainty,
         "outputs": outputs + [REPORT_NAME],
         "notes": notes,
         "warnings": warnings,
@@ -56,6 +67,27 @@ def make_report(conversion: Conversion, options: ConvertOptions, backend: Backen
 def write_report(report: dict, folder: Path) -> None:
     """Write ``report`` as ``report.json`` into ``folder``."""
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def uncertainty_summary(conversion: Conversion, threshold_hu: float) -> dict | None:
+    """The uncertainty map in numbers: mean and 95th percentile in the body, mean in bone (sCT above 250
+    HU) and at the body's outline (its outermost 2 voxels), and whether the body's mean is above
+    ``threshold_hu`` (flagged for a closer look); None without --uncertainty."""
+    if conversion.uncertainty is None:
+        return None
+    spread = sitk.GetArrayViewFromImage(conversion.uncertainty)
+    body = sitk.GetArrayViewFromImage(conversion.mask) > 0
+    bone = body & (sitk.GetArrayViewFromImage(conversion.sct) > BONE_HU)
+    outline = body & ~ndimage.binary_erosion(body, iterations=2)
+
+    def mean(where: np.ndarray) -> float | None:
+        return round(float(spread[where].mean()), 2) if where.any() else None
+
+    body_mean = mean(body)
+    return {"unit": "HU (standard deviation over members and overlapping windows)",
+            "mean_in_body": body_mean, "p95_in_body": round(float(np.percentile(spread[body], 95)), 2)
+            if body.any() else None, "mean_in_bone": mean(bone), "mean_at_outline": mean(outline),
+            "threshold_hu": threshold_hu, "flagged": bool(body_mean is not None and body_mean > threshold_hu)}
 
 
 def describe_like(path: Path | None, header: Dataset) -> dict:

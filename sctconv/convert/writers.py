@@ -36,6 +36,7 @@ class Conversion:
     model: Model
     sct: sitk.Image  # whole HU on the input grid
     like: Dataset | None  # the --like series' header
+    uncertainty: sitk.Image | None = None  # per-voxel standard deviation (HU) of members and windows
 
 
 class OutputWriter(Protocol):
@@ -71,6 +72,20 @@ class MaskImage:
 
 
 @dataclass(frozen=True)
+class UncertaintyImage:
+    """The per-voxel standard deviation of the sCT's members and windows, float32 HU on the input grid."""
+
+    image_format: str
+
+    def write(self, conversion: Conversion, folder: Path) -> str:
+        if conversion.uncertainty is None:
+            raise ValueError("the conversion was made without --uncertainty")
+        name = f"uncertainty.{self.image_format}"
+        write_image(conversion.uncertainty, folder / name)
+        return name
+
+
+@dataclass(frozen=True)
 class DicomSeries:
     """The sCT as a CT Image Storage series in ``dicom/``, named after the model unless the options name it."""
 
@@ -91,13 +106,16 @@ class Preview:
 
     def write(self, conversion: Conversion, folder: Path) -> str:
         title = f"{conversion.input_path.name} -> sCT ({conversion.model.card.name})"
-        save_preview(conversion.volume.image, conversion.sct, conversion.mask, folder / "preview.png", title)
+        save_preview(conversion.volume.image, conversion.sct, conversion.mask, folder / "preview.png", title,
+                     conversion.uncertainty)
         return "preview.png"
 
 
 def output_writers(options: ConvertOptions) -> list[OutputWriter]:
     """The writers ``options`` ask for, in the order they write."""
     writers: list[OutputWriter] = [SctImage(options.image_format), MaskImage(options.image_format)]
+    if options.uncertainty:
+        writers.append(UncertaintyImage(options.image_format))
     if options.dicom:
         writers.append(DicomSeries(options.series_options))
     if options.preview:

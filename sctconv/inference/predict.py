@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -197,6 +198,23 @@ def check_window_settings(step: float, blend: str, batch_size: int | None) -> No
 def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
                    blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None,
                    region: np.ndarray | None = None, outside: float | np.ndarray = 0.0) -> np.ndarray:
+    """The blended prediction (C, z, y, x) of :func:`blend_windows`."""
+    return blend_windows(volume, backend, patch, step, blend, batch_size, progress, region, outside).mean
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A blended prediction (C, z, y, x), and with ``squares`` the blend of the squared window outputs
+    (their weighted mean square; minus ``mean`` squared, the variance across the windows)."""
+
+    mean: np.ndarray
+    mean_square: np.ndarray | None = None
+
+
+def blend_windows(volume: np.ndarray, backend: Backend, patch: tuple[int, int, int], step: float = 0.3,
+                  blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None,
+                  region: np.ndarray | None = None, outside: float | np.ndarray = 0.0,
+                  squares: bool = False) -> Blend:
     """Predict a whole (z, y, x) normalized volume patch by patch and blend the overlaps.
 
     Returns (C, z, y, x) for a network with C output channels. Volumes smaller than the patch are
@@ -205,7 +223,8 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
     work goes to the air around the body; a voxel of ``region`` gets exactly the value it gets
     without ``region``, and voxels that no predicted window covers get ``outside`` (a value, or an
     array of the volume's shape). ``batch_size`` windows go through the network at a time (None:
-    :func:`auto_batch_size`).
+    :func:`auto_batch_size`). With ``squares``, the squared outputs are blended too (for the spread
+    of the windows' predictions of each voxel).
     """
     check_window_settings(step, blend, batch_size)
     device = torch.device(backend.device)
@@ -218,7 +237,7 @@ def sliding_window(volume: np.ndarray, backend: Backend, patch: tuple[int, int, 
         wanted = np.pad(region, [(0, p) for p in pad]) if any(pad) else region
         windows = [w for w in windows if wanted[w].any()]
     weights = torch.from_numpy(gaussian_weights(patch) if blend == "gaussian" else np.ones(patch, np.float32))
-    accumulator = Accumulator(padded.shape, windows, weights.to(device))
+    accumulator = Accumulator(padded.shape, windows, weights.to(device), squares)
     batch_size = batch_size or auto_batch_size(backend, patch)
     task = progress.add_task("predicting windows", total=len(windows)) if progress else None
     done = 0
@@ -262,26 +281,31 @@ def auto_batch_size(backend: Backend, patch: tuple[int, int, int]) -> int:
 
 
 class Accumulator:
-    """The blended prediction under way: float32 sums of weighted window outputs and the count map
-    (the sum of the weights over all windows, computed once), on the device until a GPU runs out of
-    memory, then on the host."""
+    """The blended prediction under way: float32 sums of weighted window outputs (and of their squares,
+    when asked) and the count map (the sum of the weights over all windows, computed once), on the
+    device until a GPU runs out of memory, then on the host."""
 
-    def __init__(self, shape: tuple[int, ...], windows: list[tuple[slice, ...]], weights: torch.Tensor) -> None:
+    def __init__(self, shape: tuple[int, ...], windows: list[tuple[slice, ...]], weights: torch.Tensor,
+                 squares: bool = False) -> None:
         self.weights = weights
         self.uniform = bool((weights == 1).all())
         self.count = torch.zeros(shape, dtype=torch.float32, device=weights.device)
         for w in windows:
             self.count[w] += weights
-        self.total: torch.Tensor | None = None  # (C, z, y, x) once the first output gives C
+        self.squares = squares
+        self.sums: list[torch.Tensor] = []  # (C, z, y, x) sums, and of squares, once the first output gives C
 
     def add(self, windows: list[tuple[slice, ...]], out: torch.Tensor) -> None:
         """Outputs (B, C, z, y, x) of ``windows`` added in, weighted."""
-        if self.total is None:
-            self.total = torch.zeros((out.shape[1], *self.count.shape), dtype=torch.float32, device=self.count.device)
-        out = out.to(self.total.device)
+        if not self.sums:
+            self.sums = [torch.zeros((out.shape[1], *self.count.shape), dtype=torch.float32,
+                                     device=self.count.device) for _ in range(1 + self.squares)]
+        out = out.to(self.count.device)
         for w, pred in zip(windows, out):
-            view = self.total[(slice(None),) + w]
-            view += pred if self.uniform else pred * self.weights
+            for power, total in enumerate(self.sums, start=1):
+                value = pred if power == 1 else pred * pred
+                view = total[(slice(None),) + w]
+                view += value if self.uniform else value * self.weights
 
     def after_out_of_memory(self, batch_size: int, patch: tuple[int, int, int]) -> int:
         """The batch size to retry with after the GPU ran out of memory: half as many windows, then
@@ -292,24 +316,28 @@ class Accumulator:
             return batch_size // 2
         if self.count.device.type != "cpu":
             self.count, self.weights = self.count.cpu(), self.weights.cpu()
-            self.total = None if self.total is None else self.total.cpu()
+            self.sums = [total.cpu() for total in self.sums]
             torch.cuda.empty_cache()
             return 1
         raise SctconvError(f"out of memory for one {' x '.join(map(str, patch))} window; use --device cpu "
                            "or a smaller model")
 
-    def result(self, shape: tuple[int, ...], outside: float | np.ndarray) -> np.ndarray:
+    def result(self, shape: tuple[int, ...], outside: float | np.ndarray) -> Blend:
         """The blend cropped to ``shape``, ``outside`` where no window was predicted, on the host."""
         inside = tuple(slice(0, n) for n in shape)
         count = self.count[inside]
-        if self.total is None:  # nothing to predict: the region is empty
-            result = np.zeros((1, *shape), dtype=np.float32)
-        else:
-            result = (self.total[(slice(None),) + inside] / count.clamp_min(1e-12)).cpu().numpy()
         covered = (count > 0).cpu().numpy()
-        if not covered.all():
-            result[:, ~covered] = outside if np.isscalar(outside) else np.asarray(outside)[~covered]
-        return result
+        fill = outside if np.isscalar(outside) else np.asarray(outside)[~covered]
+        blends = []
+        for power in range(1, 2 + self.squares):
+            if self.sums:
+                blended = (self.sums[power - 1][(slice(None),) + inside] / count.clamp_min(1e-12)).cpu().numpy()
+            else:  # nothing to predict: the region is empty
+                blended = np.zeros((1, *shape), dtype=np.float32)
+            if not covered.all():
+                blended[:, ~covered] = np.power(fill, power)
+            blends.append(blended)
+        return Blend(blends[0], blends[1] if self.squares else None)
 
 
 def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
@@ -319,9 +347,10 @@ def window_region(mask: np.ndarray, margin: int = 2) -> np.ndarray:
 
 
 def predict_body(x: np.ndarray, mask: np.ndarray, backend: Backend, card: ModelCard, step: float = 0.3,
-                 blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None) -> np.ndarray:
-    """:func:`sliding_window` of ``card``'s network on the windows that hold the body (``mask``, widened);
+                 blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None,
+                 squares: bool = False) -> Blend:
+    """:func:`blend_windows` of ``card``'s network on the windows that hold the body (``mask``, widened);
     elsewhere air, or for a residual model the input itself (no correction)."""
     outside = x if card.architecture.residual_output else air_value(card.target_normalization)
-    return sliding_window(x, backend, card.patch_size, step, blend, batch_size, progress,
-                          region=window_region(mask), outside=outside)
+    return blend_windows(x, backend, card.patch_size, step, blend, batch_size, progress,
+                         region=window_region(mask), outside=outside, squares=squares)

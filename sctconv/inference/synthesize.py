@@ -1,7 +1,15 @@
 """The inference core: an image in, its sCT on the same grid out (model grid, normalize, sliding window,
-back to HU on the input grid, air outside the body). `sctconv convert` and training's validation share it."""
+back to HU on the input grid, air outside the body). `sctconv convert` and training's validation share it.
+
+Test-time augmentation (flipped copies of the input, predicted and flipped back) and ensembles (several
+models) are members whose sCTs are averaged on the input grid. With ``uncertainty``, each member also
+blends the squares of its windows' predictions, so the per-voxel standard deviation over every member and
+every overlapping window comes out of the same pass.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -13,24 +21,84 @@ from sctconv.nn.model import ModelCard
 from sctconv.preprocessing.grid import image_like, to_input_grid, to_model_grid
 from sctconv.preprocessing.normalize import denormalize_ct, normalize, require_finite
 
+FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2))
+"""Test-time augmentation: the axes (z, y, x) each member flips; the first N are used for ``tta`` N."""
 
-def synthesize(card: ModelCard, backend: Backend, image: sitk.Image, mask: sitk.Image, step: float = 0.3,
-               blend: str = "mean", batch_size: int | None = None, progress: Progress | None = None) -> sitk.Image:
-    """sCT in HU on exactly ``image``'s grid: -1024 outside ``mask``, clipped to [-1024, 3071]."""
+
+@dataclass(frozen=True)
+class Member:
+    """One network of an ensemble: its card and the backend that runs it."""
+
+    card: ModelCard
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The sCT (HU, input grid) and, when asked, the per-voxel standard deviation (HU) of its members'
+    and windows' predictions, 0 outside the body."""
+
+    sct: sitk.Image
+    uncertainty: sitk.Image | None
+
+
+def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step: float = 0.3, blend: str = "mean",
+               batch_size: int | None = None, progress: Progress | None = None, tta: int = 1,
+               uncertainty: bool = False) -> Synthesis:
+    """sCT in HU on exactly ``image``'s grid: -1024 outside ``mask``, clipped to [-1024, 3071]; the mean of
+    every member under the first ``tta`` flips of :data:`FLIPS`."""
+    if not 1 <= tta <= len(FLIPS):
+        raise ValueError(f"tta must be 1 to {len(FLIPS)}")
+    source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
+    first = np.zeros(source.shape, np.float64)
+    second = np.zeros(source.shape, np.float64) if uncertainty else None
+    count = 0
+    for member in members:
+        for flip in FLIPS[:tta]:
+            mean, mean_square = member_moments(member, image, mask, source, flip, step, blend, batch_size, progress,
+                                               uncertainty)
+            first += mean
+            if second is not None and mean_square is not None:
+                second += mean_square
+            count += 1
+    body = sitk.GetArrayViewFromImage(mask) > 0
+    sct = np.where(body, np.clip(first / count, HU_MIN, HU_MAX), HU_MIN).astype(np.float32)
+    spread = None
+    if second is not None:
+        std = np.sqrt(np.maximum(second / count - (first / count) ** 2, 0.0))
+        spread = image_like(np.where(body, std, 0.0).astype(np.float32), image)
+    return Synthesis(image_like(sct, image), spread)
+
+
+def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: np.ndarray, flip: tuple[int, ...],
+                   step: float, blend: str, batch_size: int | None, progress: Progress | None,
+                   squares: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One member's sCT (HU, input grid, unclipped) and, with ``squares``, the mean square of its windows'
+    predictions there; the input flipped along ``flip`` on the model grid and the prediction flipped back."""
+    card = member.card
     grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
-    x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask),
-                  card.input_normalization)
-    y = predict_body(x, sitk.GetArrayViewFromImage(grid_mask), backend, card, step, blend, batch_size, progress)[0]
+    x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask), card.input_normalization)
+    flipped = predict_body(np.ascontiguousarray(np.flip(x, flip)),
+                           np.ascontiguousarray(np.flip(sitk.GetArrayViewFromImage(grid_mask), flip)),
+                           member.backend, card, step, blend, batch_size, progress, squares)
+    y = np.flip(flipped.mean[0], flip)
     require_finite(y, f"the output of model {card.name}")
+    y_square = None if flipped.mean_square is None else np.flip(flipped.mean_square[0], flip)
+    mean, std = card.target_normalization.dataset_stats
+
+    def on_input_grid(array: np.ndarray, outside: float) -> np.ndarray:
+        return sitk.GetArrayFromImage(to_input_grid(image_like(array.astype(np.float32), grid), image, outside))
+
     if card.architecture.residual_output:
         # The network's output is its input plus a correction: the correction (HU) is brought to the
         # input's own grid and added there, so detail finer than the model grid is kept.
-        correction = image_like((y - x) * np.float32(card.target_normalization.std or 1.0), grid)
-        source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
-        sct = source + sitk.GetArrayFromImage(to_input_grid(correction, image, 0.0))
-    else:
-        hu = image_like(denormalize_ct(y, card.target_normalization), grid)
-        sct = sitk.GetArrayFromImage(to_input_grid(hu, image, HU_MIN))
-    sct[sitk.GetArrayViewFromImage(mask) == 0] = HU_MIN
-    return image_like(np.clip(sct, HU_MIN, HU_MAX).astype(np.float32), image)
+        correction = on_input_grid((y - x) * std, 0.0)
+        first = source + correction
+        if y_square is None:
+            return first, None
+        correction_square = on_input_grid((y_square - 2 * x * y + x * x) * std * std, 0.0)
+        return first, source * source + 2 * source * correction + correction_square
+    hu_square = None if y_square is None else on_input_grid(y_square * std * std + 2 * y * std * mean + mean * mean,
+                                                            HU_MIN * HU_MIN)
+    return on_input_grid(denormalize_ct(y, card.target_normalization), HU_MIN), hu_square

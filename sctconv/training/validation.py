@@ -31,7 +31,7 @@ def validate_synthesis(network: UNet, cases: list[CaseArrays], card: ModelCard,
     mean, std = target.dataset_stats
     losses, scores = [], []
     for case in cases:
-        pred = predict_body(case.x, case.mask, backend, card, step=0.5)
+        pred = predict_body(case.x, case.mask, backend, card, step=0.5).mean
         losses.append(float(np.abs(pred[0] - case.y).mean()))
         hu_pred = denormalize_ct(pred[0], target)
         hu_true = case.y * std + mean
@@ -47,7 +47,7 @@ def validate_segmentation(network: UNet, cases: list[CaseArrays], card: ModelCar
     backend = TorchBackend(network, device)
     scores = []
     for case in cases:
-        pred = predict_body(case.x, case.mask, backend, card, step=0.5)
+        pred = predict_body(case.x, case.mask, backend, card, step=0.5).mean
         scores.append(np.mean(list(dice_per_class(pred.argmax(0), case.y, len(card.classes)).values())))
     network.train()
     return {"val_dice": float(np.mean(scores))}
@@ -110,11 +110,11 @@ def own_grid_arrays(case: Case, card: ModelCard, backend: TorchBackend,
     """CT, sCT, mask and input of a raw case on its own grid, the sCT made as `sctconv convert` does."""
     import SimpleITK as sitk  # reading raw images; a prepared dataset trains without SimpleITK
 
-    from sctconv.inference.synthesize import synthesize
+    from sctconv.inference.synthesize import Member, synthesize
     from sctconv.training.prepare import load_case_hu
 
     image, ct, mask = load_case_hu(case, modality)
-    sct = synthesize(card, backend, image, mask)
+    sct = synthesize([Member(card, backend)], image, mask).sct
     array = sitk.GetArrayFromImage
     return array(ct), array(sct), array(mask), array(image)
 
@@ -127,6 +127,6 @@ def model_grid_arrays(case: PreparedCase, card: ModelCard,
     if arrays.input is None:
         raise SctconvError(f"prepared case {case.name} has no input image (a CT-only dataset, --task ct)")
     x = normalize(arrays.input, arrays.mask, card.input_normalization)
-    sct = denormalize_ct(predict_body(x, arrays.mask, backend, card)[0], card.target_normalization)
+    sct = denormalize_ct(predict_body(x, arrays.mask, backend, card).mean[0], card.target_normalization)
     sct[arrays.mask == 0] = HU_MIN
     return arrays.ct, sct, arrays.mask, arrays.input
