@@ -159,6 +159,21 @@ def _convert_batch(paths: list[Path], output_dir: Path, options: ConvertOptions,
 
 @app.command()
 @user_errors
+def challenge(
+    input: Annotated[Path, typer.Option(help="The grand-challenge input folder (images/mri or images/cbct, "
+                                             "images/body, region.json).")] = Path("/input"),
+    output: Annotated[Path, typer.Option(help="Where images/synthetic-ct/*.mha go.")] = Path("/output"),
+    model: Annotated[str | None, typer.Option(help="Shipped model name or model folder (default: by task).")] = None,
+) -> None:
+    """SynthRAD2025 container entry point: every image of --input to an sCT .mha in --output."""
+    from sctconv.convert.challenge import run_challenge
+
+    for path in run_challenge(input, output, model):
+        console.print(f"sCT written to {path}", highlight=False)
+
+
+@app.command()
+@user_errors
 def series(
     path: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively), file or zip.")],
 ) -> None:

@@ -32,7 +32,7 @@ WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
 """The weights exported to ONNX (optional; bound to ``model.safetensors`` by its hash)."""
 REGIONS = ("head-neck", "thorax", "abdomen")
-REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen"}
+REGION_ALIASES = {"hn": "head-neck", "th": "thorax", "ab": "abdomen", "head and neck": "head-neck"}
 Modality = Literal["mr", "cbct"]
 """The input of a synthesis model; a segmentation model's is ``"ct"``."""
 MODALITIES: tuple[Modality, ...] = get_args(Modality)
