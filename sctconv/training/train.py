@@ -147,7 +147,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
                 losses.append(loss.item())
                 progress.update(bar, advance=1, loss=float(np.mean(losses[-20:])))
                 batches.after_step(it)
-        record = epoch_record(epoch, losses, lr, started, precision, ranks)
+        record = epoch_record(epoch, losses, lr, started, precision, ranks, batches)
         rng_states = ranks.gather(rng.bit_generator.state)
         if ranks.main:
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
@@ -280,14 +280,17 @@ class Batches:
 
     def sample(self, size: int, device: str, memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
         """``size`` (input, target) patches as (B, 1, z, y, x) tensors on ``device``."""
+        started = time.perf_counter()
         picks = [self.arrays[i] for i in self.rng.integers(len(self.arrays), size=size)]
         patches = [sample_patch(c, self.card.patch_size, self.rng,
                                 patch_centres(c, self.rng.random(), self.config, self.bone_voxels)) for c in picks]
         x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device, memory_format=memory_format)
         y = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
+        self.data_seconds += time.perf_counter() - started
         return x, y
 
     pending: tuple[int, Future[CaseArrays]] | None = None  # the case being simulated, and its new arrays
+    data_seconds: float = 0.0  # time the loop waited for patches and simulations (read and reset per epoch)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "resimulate"))  # ends with Batches
 
     def after_step(self, step: int) -> None:
@@ -300,7 +303,9 @@ class Batches:
             return
         if self.pending is not None:
             i, future = self.pending
+            started = time.perf_counter()
             self.arrays[i] = future.result()
+            self.data_seconds += time.perf_counter() - started
         i = int(self.rng.integers(len(self.sources)))
         rng = np.random.default_rng(int(self.rng.integers(2 ** 63)))
         self.pending = i, self.pool.submit(simulated_case_arrays, self.cases[i].name, self.sources[i], self.card, rng)
@@ -335,10 +340,12 @@ def resume(state: dict | None, network: UNet, optimizer: torch.optim.Optimizer, 
 
 
 def epoch_record(epoch: int, losses: list[float], lr: float, started: float, precision: Precision,
-                 ranks: Ranks) -> dict:
-    """The history's entry of an epoch: mean training loss over the ranks, learning rate, seconds, GPU memory."""
+                 ranks: Ranks, batches: Batches) -> dict:
+    """The history's entry of an epoch: mean training loss over the ranks, learning rate, seconds (and of
+    them the seconds the loop waited for data), GPU memory."""
     record = {"epoch": epoch + 1, "train_loss": ranks.mean(float(np.mean(losses))), "lr": lr,
-              "seconds": round(time.perf_counter() - started, 2)}
+              "seconds": round(time.perf_counter() - started, 2), "data_seconds": round(batches.data_seconds, 2)}
+    batches.data_seconds = 0.0
     if precision.amp:  # peak GPU memory of this process: tensors, and what PyTorch's allocator held
         record.update(gpu_allocated_gib=round(torch.cuda.max_memory_allocated(ranks.device) / 2 ** 30, 2),
                       gpu_reserved_gib=round(torch.cuda.max_memory_reserved(ranks.device) / 2 ** 30, 2))
