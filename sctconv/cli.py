@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sctconv import __version__, failures
+from sctconv import __version__, cli_node, failures
 from sctconv.errors import SctconvError
 from sctconv.failures import user_errors
 
@@ -155,6 +155,10 @@ def _convert_batch(paths: list[Path], output_dir: Path, options: ConvertOptions,
     failed = sum(r.status == "failed" for r in results)
     if failed:
         raise SctconvError(f"{failed} of {len(results)} cases failed (reasons above and in {summary})")
+
+
+app.command("serve")(user_errors(cli_node.serve))
+app.command("send")(user_errors(cli_node.send))
 
 
 @app.command()
