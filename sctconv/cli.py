@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sctconv import __version__, cli_node, failures
+from sctconv import __version__, cli_models, cli_node, failures
 from sctconv.errors import SctconvError
 from sctconv.failures import user_errors
 
@@ -194,51 +194,9 @@ def series(
     stdout.print(table)
 
 
-@app.command()
-@user_errors
-def models(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the model cards as JSON.")] = False,
-) -> None:
-    """List the shipped models."""
-    from sctconv.nn.model import available_models
-
-    found = available_models()
-    if as_json:
-        print(json.dumps([card.to_dict() for _, card in found], indent=2))
-        return
-    table = Table("name", "task", "input", "regions", "spacing (z,y,x) mm", "patch", "parameters",
-                  "validation metrics")
-    for _, card in found:
-        metrics = card.metrics
-        if "mae_hu" in metrics:
-            water = "constant_water_mae_hu" in metrics  # cards before 2026-12-01: a constant soft-tissue CT
-            baselines = (f"constant water {metrics['constant_water_mae_hu']:.1f}" if water else
-                         f"constant soft tissue {metrics['constant_soft_tissue_mae_hu']:.1f}")
-            if "input_cbct_mae_hu" in metrics:
-                baselines += f", uncorrected CBCT {metrics['input_cbct_mae_hu']:.1f}"
-            score = (f"MAE {metrics['mae_hu']:.1f} HU ({baselines}), PSNR {metrics['psnr_db']:.1f} dB, "
-                     f"MS-SSIM {metrics['ms_ssim']:.3f}")
-        else:
-            score = f"mean Dice {metrics['mean_dice']:.3f}" if "mean_dice" in metrics else "-"
-        table.add_row(card.name, card.task, card.modality, ", ".join(card.regions), str(card.spacing),
-                      str(card.patch_size), f"{card.training.get('parameters', 0) / 1e6:.2f} M", score)
-    stdout.print(table)
-
-
-@app.command()
-@user_errors
-def export(
-    model: Annotated[str, typer.Argument(help="Shipped model name or model folder.")],
-    output: Annotated[Path | None, typer.Option(help="ONNX file (default: model.onnx in the model folder).")] = None,
-) -> None:
-    """Export a model to ONNX (for `convert --backend onnx`)."""
-    from sctconv.inference.predict import export_onnx
-    from sctconv.nn.model import ONNX_NAME, load_model, resolve_model
-
-    loaded = load_model(resolve_model(model, "", None))
-    path = output or loaded.folder / ONNX_NAME
-    export_onnx(loaded, path)
-    console.print(f"[green]exported[/] {loaded.card.name} to {path}")
+app.command("models")(user_errors(cli_models.models))
+app.command("export")(user_errors(cli_models.export))
+app.command("import-nnunet")(user_errors(cli_models.import_nnunet))
 
 
 @app.command()

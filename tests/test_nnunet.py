@@ -22,12 +22,14 @@ from torch import nn  # noqa: E402
 from sctconv.errors import SctconvError  # noqa: E402
 from sctconv.evaluation.evaluate import load_segmenter, segment  # noqa: E402
 from sctconv.inference.predict import TorchBackend, sliding_window  # noqa: E402
+from sctconv.nn.model import load_model  # noqa: E402
 from sctconv.nn.nnunet import NnUNetModel  # noqa: E402
 from sctconv.nn.teacher import AFPLoss, load_teacher  # noqa: E402
 from sctconv.preprocessing.normalize import (
     Normalization,  # noqa: E402
     normalize,  # noqa: E402
 )
+from tests.helpers import cli  # noqa: E402
 
 LABELS = {"background": 0, "organs": 1, "bones": 2}
 STATS = {"mean": 40.0, "std": 350.0, "percentile_00_5": -1000.0, "percentile_99_5": 1500.0, "median": 30.0,
@@ -69,9 +71,9 @@ def architecture(network: type) -> dict:
     }
 
 
-def dna_network(network: type) -> nn.Module:
+def dna_network(network: type, outputs: int = len(LABELS)) -> nn.Module:
     torch.manual_seed(0)
-    net = network(1, 4, FEATURES, nn.Conv3d, KERNELS, STRIDES, [2, 2, 2, 2], len(LABELS), [2, 2, 2], True,
+    net = network(1, 4, FEATURES, nn.Conv3d, KERNELS, STRIDES, [2, 2, 2, 2], outputs, [2, 2, 2], True,
                         nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU, {"inplace": True},
                         deep_supervision=False)
     with torch.no_grad():  # instance norms start as identities: make them matter
@@ -80,10 +82,10 @@ def dna_network(network: type) -> nn.Module:
     return net.eval()
 
 
-def plans(transpose: list[int], network: type, old_style: bool) -> dict:
+def plans(transpose: list[int], network: type, old_style: bool, scheme: str = "CTNormalization") -> dict:
     configuration = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
                      "batch_size": 2, "patch_size": PATCH, "median_image_size_in_voxels": [40, 80, 80],
-                     "spacing": SPACING, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+                     "spacing": SPACING, "normalization_schemes": [scheme], "use_mask_for_norm": [False],
                      "resampling_fn_data": "resample_data_or_seg_to_shape", "batch_dice": False}
     if old_style:
         configuration.update(UNet_class_name=network.__name__, UNet_base_num_features=4, unet_max_num_features=16,
@@ -111,15 +113,18 @@ def checkpoint(state: dict, dataset: dict, plan: dict, **extra) -> dict:
 
 
 def make_folder(root: Path, transpose: list[int] = (0, 1, 2), network: type = PlainConvUNet, old_style: bool = False,
-                checkpoint_name: str = "checkpoint_final.pth", **extra) -> tuple[Path, nn.Module]:
-    """A trained-model folder as nnU-Net lays it out, and the network its checkpoint holds."""
+                checkpoint_name: str = "checkpoint_final.pth", synthesis: bool = False,
+                **extra) -> tuple[Path, nn.Module]:
+    """A trained-model folder as nnU-Net lays it out, and the network its checkpoint holds; with
+    ``synthesis``, an MR -> CT regression network (one output, z-scored MR input) as nnUNet_translation trains."""
     folder = root / "Dataset090_Test" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
-    plan = plans(list(transpose), network, old_style)
-    dataset = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 3, "file_ending": ".nii.gz"}
+    plan = plans(list(transpose), network, old_style, "ZScoreNormalization" if synthesis else "CTNormalization")
+    dataset = {"channel_names": {"0": "MR" if synthesis else "CT"}, "labels": {"background": 0} if synthesis
+               else LABELS, "numTraining": 3, "file_ending": ".nii.gz"}
     (folder / "plans.json").write_text(json.dumps(plan))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    net = dna_network(network)
+    net = dna_network(network, 1 if synthesis else len(LABELS))
     torch.save(checkpoint(net.state_dict(), dataset, plan, **extra), folder / "fold_0" / checkpoint_name)
     return folder, net
 
@@ -260,3 +265,59 @@ def test_segment_gives_a_label_map_on_the_ct_grid(tmp_path):
     for what in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
         assert getattr(labels, what)() == getattr(ct, what)()
     assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("network", [PlainConvUNet, ResidualEncoderUNet])
+@pytest.mark.parametrize("transpose", [[0, 1, 2], [2, 0, 1]])
+def test_an_imported_synthesis_model_predicts_what_the_nnunet_network_predicts(tmp_path, network, transpose):
+    """import-nnunet: the folder converts as an sctconv model whose windows give the DNA network's output."""
+    folder, net = make_folder(tmp_path, transpose, network, synthesis=True)
+    target = tmp_path / "ct_plans.json"
+    target.write_text(json.dumps({"foreground_intensity_properties_per_channel": {"0": {"mean": -300.0,
+                                                                                        "std": 500.0}}}))
+    out = tmp_path / "imported"
+    result = cli("import-nnunet", str(folder), str(out), "--modality", "mr", "--target-plans", str(target))
+    assert result.exit_code == 0, result.stderr
+    model = load_model(out)
+    card = model.card
+    back = np.argsort(transpose)
+    assert card.architecture.kind == "nnunet" and card.input_normalization == Normalization("zscore-case")
+    assert card.target_normalization == Normalization("zscore-dataset", (-1024.0, 3071.0), -300.0, 500.0)
+    assert card.spacing == tuple(SPACING[i] for i in back) and card.patch_size == tuple(PATCH[i] for i in back)
+    volume = np.random.default_rng(5).normal(size=(21, 40, 33)).astype(np.float32)
+    ours = sliding_window(volume, TorchBackend(model.network, "cpu"), card.patch_size, batch_size=3)
+    forward, backward = (0, 1, *(2 + a for a in transpose)), (0, 1, *(2 + int(a) for a in back))
+
+    class Reference:  # the DNA network on nnU-Net's transposed axes, as nnU-Net runs it
+        name, device = "dna", "cpu"
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return net(batch.permute(forward)).permute(backward)
+
+    reference = sliding_window(volume, Reference(), card.patch_size, batch_size=3)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    sct = tmp_path / "sct"
+    mr = sitk.GetImageFromArray(np.where(volume > -1, volume * 100 + 500, 0).astype(np.float32))
+    mr.SetSpacing((2.5, 2.0, 3.0))
+    sitk.WriteImage(mr, str(tmp_path / "mr.nii.gz"))
+    converted = cli("convert", str(tmp_path / "mr.nii.gz"), str(sct), "--model", str(out), "--no-dicom",
+                    "--region", "thorax")
+    assert converted.exit_code == 0, converted.stderr
+
+
+def test_what_cannot_be_imported_is_refused_with_the_reason(tmp_path):
+    segmentation, _ = make_folder(tmp_path / "seg")
+    result = cli("import-nnunet", str(segmentation), str(tmp_path / "a"), "--modality", "mr", "--target-mean", "0",
+                 "--target-std", "300")
+    assert result.exit_code == 1 and "has 3 outputs; a synthesis network has one" in result.stderr
+    synthesis, _ = make_folder(tmp_path / "syn", synthesis=True)
+    no_target = cli("import-nnunet", str(synthesis), str(tmp_path / "b"), "--modality", "mr")
+    assert no_target.exit_code == 1 and "--target-plans" in no_target.stderr
+    plan = json.loads((synthesis / "plans.json").read_text())
+    plan["configurations"]["3d_fullres"]["normalization_schemes"] = ["RescaleTo01Normalization"]
+    (synthesis / "plans.json").write_text(json.dumps(plan))
+    other = cli("import-nnunet", str(synthesis), str(tmp_path / "c"), "--modality", "mr", "--target-mean", "0",
+                "--target-std", "300")
+    assert other.exit_code == 1 and "RescaleTo01Normalization" in other.stderr
+    assert not any((tmp_path / n).exists() for n in "abc")

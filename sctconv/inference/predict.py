@@ -144,7 +144,7 @@ def export_onnx(model: Model, path: Path) -> None:
     hash of its weights file in the metadata (checked by :class:`OnnxBackend`)."""
     network = model.network.cpu().eval()
     patch_size = model.card.patch_size
-    example = torch.zeros((2, network.arch.in_channels, *patch_size), dtype=torch.float32)
+    example = torch.zeros((2, model.card.architecture.in_channels, *patch_size), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=256)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = quiet.level

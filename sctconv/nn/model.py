@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +22,9 @@ from safetensors.torch import save_file
 from sctconv.card_numbers import three
 from sctconv.errors import SctconvError
 from sctconv.nn.network import Architecture, UNet, build_network
+
+if TYPE_CHECKING:
+    from sctconv.nn.nnunet import NnUNetNetwork
 from sctconv.preprocessing.normalize import Normalization
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -156,7 +159,7 @@ class Model:
     SHA-256 of the weights file's bytes that the network was loaded from."""
 
     card: ModelCard
-    network: UNet
+    network: UNet | NnUNetNetwork  # sctconv's U-Net, or an nnU-Net network imported with `sctconv import-nnunet`
     folder: Path
     weights_sha256: str
 
@@ -181,14 +184,14 @@ def read_card(folder: Path) -> ModelCard:
 def load_model(folder: Path) -> Model:
     """Load a model folder; every failure is a one-line :class:`SctconvError`."""
     card = read_card(folder)
-    network = build_network(card.architecture)
+    network = build_network(card.architecture) if card.architecture.nnunet is None else imported_network(card)
     path = folder / WEIGHTS_NAME
     try:
         data = path.read_bytes()  # read once: the hash is of exactly the bytes loaded
-        state = load_safetensors(data)
+        state = with_aliases(load_safetensors(data), weights_metadata(data))
     except FileNotFoundError:
         raise SctconvError(f"model {card.name}: weights file {path} is missing") from None
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise SctconvError(f"model {card.name}: cannot read weights {path}: {exc}") from None
     try:
         network.load_state_dict(state, strict=True)
@@ -199,16 +202,57 @@ def load_model(folder: Path) -> Model:
     return Model(card=card, network=network, folder=folder, weights_sha256=hashlib.sha256(data).hexdigest())
 
 
+ALIASES_KEY = "sctconv.aliases"
+"""Weights metadata: names of a state dict that share a tensor with another name (an nnU-Net network's
+decoder holds its encoder, and its conv blocks list their layers twice), stored once under that name."""
+
+
+def without_aliases(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``state`` with each shared tensor kept under its first name, and {other name: first name}."""
+    kept: dict[tuple, str] = {}
+    unique, aliases = {}, {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()))
+        if key in kept and tensor.numel():
+            aliases[name] = kept[key]
+        else:
+            kept[key] = name
+            unique[name] = tensor
+    return unique, aliases
+
+
+def weights_metadata(data: bytes) -> dict[str, str]:
+    """The metadata of safetensors bytes (its JSON header's ``__metadata__``)."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + length]).get("__metadata__", {}) or {}
+
+
+def with_aliases(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``state`` with the names :func:`without_aliases` left out, pointing at their tensors again."""
+    aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
+    return state | {name: state[first] for name, first in aliases.items()}
+
+
+def imported_network(card: ModelCard) -> NnUNetNetwork:
+    """The network of an imported nnU-Net model (needs dynamic-network-architectures)."""
+    from sctconv.nn.nnunet import build_imported
+
+    return build_imported(card.architecture)
+
+
 def save_model(folder: Path, card: ModelCard, network: torch.nn.Module, half: bool = False) -> None:
     """Write ``model.safetensors`` and ``model.json`` into ``folder``; with ``half``, floating-point
     weights are stored as float16 (half the size, for shipped models; loading casts them back).
     A ``model.onnx`` already there was exported from other weights, so it is removed."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ONNX_NAME).unlink(missing_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    state, aliases = without_aliases(network.state_dict())
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"name": card.name, "format": "sctconv"})
+    metadata = {"name": card.name, "format": "sctconv"} | ({ALIASES_KEY: json.dumps(aliases)} if aliases else {})
+    save_file(state, str(folder / WEIGHTS_NAME), metadata=metadata)
     (folder / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 
 

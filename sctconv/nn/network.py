@@ -22,7 +22,7 @@ from torch import nn
 class Architecture:
     """Network sizes; axes of kernels and strides are (z, y, x)."""
 
-    kind: str = "residual"  # "residual" blocks (nnResU-Net) or "plain" conv-norm-act layers (nnU-Net's)
+    kind: str = "residual"  # "residual" blocks (nnResU-Net), "plain" conv-norm-act layers, or "nnunet" (imported)
     features: tuple[int, ...] = (32, 64, 128, 256, 320, 320)
     strides: tuple[tuple[int, int, int], ...] = (
         (1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
@@ -33,11 +33,14 @@ class Architecture:
     in_channels: int = 1
     out_channels: int = 1
     residual_output: bool = False  # the output is the input plus what the network computes (CBCT correction)
+    nnunet: dict | None = None  # kind "nnunet": the plans' network, see sctconv.nn.nnunet.nnunet_spec
 
     def __post_init__(self) -> None:
         stages = len(self.features)
-        if self.kind not in ("residual", "plain"):
+        if self.kind not in ("residual", "plain", "nnunet"):
             raise ValueError(f"unknown architecture kind {self.kind!r}")
+        if (self.kind == "nnunet") != isinstance(self.nnunet, dict):
+            raise ValueError("an imported nnU-Net network (kind nnunet) is described by its nnunet block, and only it")
         if not (len(self.strides) == len(self.kernel_sizes) == len(self.encoder_blocks) == stages):
             raise ValueError("features, strides, kernel_sizes and encoder_blocks need one entry per stage")
         if len(self.decoder_blocks) != stages - 1:
@@ -63,6 +66,9 @@ class Architecture:
     @property
     def divisor(self) -> tuple[int, int, int]:
         """The patch size must be a multiple of this along (z, y, x)."""
+        if self.nnunet is not None:
+            z, y, x = self.nnunet["divisor"]
+            return int(z), int(y), int(x)
         total = [1, 1, 1]
         for stride in self.strides:
             total = [t * s for t, s in zip(total, stride)]
@@ -83,6 +89,7 @@ class Architecture:
             in_channels=data.get("in_channels", 1),
             out_channels=data.get("out_channels", 1),
             residual_output=data.get("residual_output", False),
+            nnunet=data.get("nnunet"),
         )
 
 

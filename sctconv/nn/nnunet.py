@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from sctconv.errors import SctconvError
+from sctconv.nn.network import Architecture
 from sctconv.nn.segmenter import Segmenter
 from sctconv.preprocessing.normalize import Normalization
 
@@ -114,10 +115,11 @@ class NnUNetNetwork(nn.Module):
                  strides: list[tuple[int, int, int]]) -> None:
         super().__init__()
         self.net: Any = net  # dynamic-network-architectures has no type information
+        self.arch: Architecture | None = None  # the card's, when the network was imported as an sctconv model
         backward = tuple(int(a) for a in np.argsort(transpose_forward))
         self.to_network = (0, 1, *(2 + a for a in transpose_forward))
         self.from_network = (0, 1, *(2 + a for a in backward))
-        self.divisor = _untranspose([int(t) for t in np.prod(np.array(strides), axis=0)], transpose_forward)
+        self.divisor = untranspose([int(t) for t in np.prod(np.array(strides), axis=0)], transpose_forward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.permute(self.to_network)).permute(self.from_network)
@@ -184,7 +186,7 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -257,7 +259,7 @@ def _per_axis(value: int | list[int]) -> tuple[int, int, int]:
     return z, y, x
 
 
-def _untranspose(values: list[T], transpose_forward: tuple[int, int, int]) -> tuple[T, T, T]:
+def untranspose(values: list[T], transpose_forward: tuple[int, int, int]) -> tuple[T, T, T]:
     """Per-axis values of the transposed array back in (z, y, x) order."""
     z, y, x = (values[transpose_forward.index(axis)] for axis in range(3))
     return z, y, x
@@ -272,49 +274,106 @@ def _classes(dataset: dict, where: Path) -> list[str]:
     return sorted(labels, key=labels.__getitem__)
 
 
-def load_nnunet(path: Path) -> NnUNetModel:
-    """Load an nnU-Net v2 model (folder, fold folder or checkpoint); every failure is a one-line SctconvError."""
+@dataclass
+class NnUNetFolder:
+    """What an nnU-Net v2 model folder holds for one checkpoint: its plans' configuration and weights."""
+
+    folder: Path
+    checkpoint: Path
+    configuration_name: str
+    configuration: dict
+    plans: dict
+    dataset: dict
+    weights: dict
+
+
+def read_nnunet(path: Path) -> NnUNetFolder:
+    """The configuration and weights of an nnU-Net v2 model (folder, fold folder or checkpoint)."""
     folder = nnunet_folder(path)
     if folder is None:
         raise SctconvError(f"{path} is not an nnU-Net model: no {PLANS_NAME} beside it")
     checkpoint_path = _checkpoint_path(path, folder)
-    plans, dataset = _read_json(folder / PLANS_NAME), _read_json(folder / DATASET_NAME)
+    plans, dataset = read_json(folder / PLANS_NAME), read_json(folder / DATASET_NAME)
     checkpoint = read_checkpoint(checkpoint_path)
     init_args = checkpoint.get("init_args")
     name = init_args.get("configuration", DEFAULT_CONFIGURATION) if isinstance(init_args, dict) else (
         DEFAULT_CONFIGURATION)
     try:
         configuration = _configuration(plans, name)
-        channels = dataset.get("channel_names", dataset.get("modality", {}))
+    except (KeyError, TypeError) as exc:
+        raise SctconvError(f"{folder}: plans.json is incomplete or malformed ({exc!r})") from None
+    return NnUNetFolder(folder, checkpoint_path, name, configuration, plans, dataset, checkpoint["network_weights"])
+
+
+def network_of(found: NnUNetFolder) -> tuple[NnUNetNetwork, dict]:
+    """The network of the plans with the checkpoint's weights, and its spec for a model card
+    (:func:`build_imported` rebuilds it from the spec)."""
+    try:
+        channels = found.dataset.get("channel_names", found.dataset.get("modality", {}))
         if len(channels) != 1:
-            raise SctconvError(f"{folder} takes {len(channels)} input channels; a CT teacher takes one")
-        if configuration["normalization_schemes"] != ["CTNormalization"]:
-            raise SctconvError(f"{folder} normalizes with {configuration['normalization_schemes']}; a CT teacher "
-                               "needs nnU-Net's CTNormalization")
-        if len(configuration["patch_size"]) != 3:
-            raise SctconvError(f"{folder}: configuration {name} is not 3D")
-        classes = _classes(dataset, folder)
-        architecture = _architecture(configuration)
-        stats = plans["foreground_intensity_properties_per_channel"]["0"]
+            raise SctconvError(f"{found.folder} takes {len(channels)} input channels; sctconv gives it one image")
+        if len(found.configuration["patch_size"]) != 3:
+            raise SctconvError(f"{found.folder}: configuration {found.configuration_name} is not 3D")
+        architecture = _architecture(found.configuration)
+        transpose = _per_axis([int(a) for a in found.plans["transpose_forward"]])
+        strides = [_per_axis(s) for s in architecture["arch_kwargs"]["strides"]]
+        heads = [k for k in found.weights if k.startswith("decoder.seg_layers.") and k.endswith(".weight")]
+        outputs = int(found.weights[max(heads, key=lambda k: int(k.split(".")[2]))].shape[0])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SctconvError(f"{found.folder}: plans.json or the checkpoint is incomplete or malformed "
+                           f"({exc!r})") from None
+    net = _build_network(architecture, 1, outputs)
+    try:
+        net.load_state_dict(found.weights, strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()  # "Error(s) in loading state_dict for ...:", then the details
+        raise SctconvError(f"checkpoint {found.checkpoint} does not match the network of its plans: "
+                           f"{lines[-1].strip()[:300]}") from None
+    network = NnUNetNetwork(net, transpose, strides)
+    spec = {"architecture": architecture, "transpose_forward": list(transpose), "divisor": list(network.divisor),
+            "outputs": outputs}
+    return network, spec
+
+
+def build_imported(arch: Architecture) -> NnUNetNetwork:
+    """An imported nnU-Net network (weights not loaded) from the spec in its card's architecture."""
+    spec = arch.nnunet
+    if spec is None:
+        raise SctconvError("the architecture is not an imported nnU-Net network")
+    architecture = spec["architecture"]
+    network = NnUNetNetwork(_build_network(architecture, arch.in_channels, arch.out_channels),
+                            _per_axis([int(a) for a in spec["transpose_forward"]]),
+                            [_per_axis(s) for s in architecture["arch_kwargs"]["strides"]])
+    network.arch = arch
+    return network
+
+
+def load_nnunet(path: Path) -> NnUNetModel:
+    """Load an nnU-Net v2 model (folder, fold folder or checkpoint) as a CT teacher; every failure is a
+    one-line SctconvError."""
+    found = read_nnunet(path)
+    folder, configuration = found.folder, found.configuration
+    if configuration.get("normalization_schemes") != ["CTNormalization"]:
+        raise SctconvError(f"{folder} normalizes with {configuration.get('normalization_schemes')}; a CT teacher "
+                           "needs nnU-Net's CTNormalization")
+    try:
+        classes = _classes(found.dataset, folder)
+        stats = found.plans["foreground_intensity_properties_per_channel"]["0"]
         normalization = Normalization("zscore-dataset", (float(stats["percentile_00_5"]),
                                                          float(stats["percentile_99_5"])),
                                       float(stats["mean"]), float(stats["std"]))
-        transpose = _per_axis([int(a) for a in plans["transpose_forward"]])
-        strides = [_per_axis(s) for s in architecture["arch_kwargs"]["strides"]]
-        spacing = _untranspose([float(s) for s in configuration["spacing"]], transpose)
-        patch_size = _untranspose([int(p) for p in configuration["patch_size"]], transpose)
+        transpose = _per_axis([int(a) for a in found.plans["transpose_forward"]])
+        spacing = untranspose([float(s) for s in configuration["spacing"]], transpose)
+        patch_size = untranspose([int(p) for p in configuration["patch_size"]], transpose)
     except (KeyError, TypeError, ValueError) as exc:
         raise SctconvError(f"{folder}: plans.json or dataset.json is incomplete or malformed ({exc!r})") from None
-    net = _build_network(architecture, 1, len(classes))
-    try:
-        net.load_state_dict(checkpoint["network_weights"], strict=True)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()  # "Error(s) in loading state_dict for ...:", then the details
-        detail = lines[-1].strip()[:300]
-        raise SctconvError(f"checkpoint {checkpoint_path} does not match the network of its plans: {detail}") from None
-    return NnUNetModel(network=NnUNetNetwork(net, transpose, strides), folder=folder, checkpoint=checkpoint_path,
-                       configuration=name, classes=classes, spacing=spacing, patch_size=patch_size,
-                       normalization=normalization)
+    network, _ = network_of(found)
+    if len(classes) != network.net.decoder.seg_layers[-1].out_channels:
+        raise SctconvError(f"{folder}: dataset.json has {len(classes)} labels for a network of "
+                           f"{network.net.decoder.seg_layers[-1].out_channels} outputs")
+    return NnUNetModel(network=network, folder=folder, checkpoint=found.checkpoint,
+                       configuration=found.configuration_name, classes=classes, spacing=spacing,
+                       patch_size=patch_size, normalization=normalization)
 
 
 def load_nnunet_segmenter(path: Path) -> Segmenter:

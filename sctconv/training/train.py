@@ -102,7 +102,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
     batches, val_arrays = load_arrays(config, card, cases, rng, console)
 
     # Model, loss and optimizer, resumed from the last checkpoint when there is one.
-    network = (init.network if init else build_network(card.architecture)).to(device)
+    network = (own_network(init) if init else build_network(card.architecture)).to(device)
     loss_of = stage.loss(card, device)
     optimizer = torch.optim.SGD(network.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
@@ -163,6 +163,14 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
     if ranks.main:
         write_model(stage, network, card, stats, init, cases, val_arrays, history, ranks, console)
     return config.out
+
+
+def own_network(init: Model) -> UNet:
+    """The network of the --init model, which must be one of sctconv's (not an imported nnU-Net network)."""
+    if not isinstance(init.network, UNet):
+        raise SctconvError(f"{init.folder} is an imported nnU-Net model; sctconv trains its own networks only "
+                           "(continue training it with nnU-Net)")
+    return init.network
 
 
 def in_memory_format(network: UNet, memory_format: torch.memory_format) -> None:
