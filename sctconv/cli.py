@@ -81,7 +81,9 @@ def convert(
                                                     "onto a regular grid instead of refusing it.")] = False,
     like: Annotated[Path | None, typer.Option(help="DICOM series (folder, zip or file) whose patient, study and "
                                                       "Frame of Reference a non-DICOM input's sCT joins.")] = None,
-    step: Annotated[float, typer.Option(help="Window step as a fraction of the patch size.")] = 0.3,
+    fast: Annotated[bool, typer.Option(help="The shipped fast model (coarser, smaller) at step 0.5.")] = False,
+    step: Annotated[float | None, typer.Option(help="Window step as a fraction of the patch size (default 0.3, "
+                                                    "the paper's; 0.5 with --fast).")] = None,
     allow_large: Annotated[bool, typer.Option(help="Run even where the input's extent or voxel count, the model "
                                                    "grid, the number of windows or --step is beyond what a real "
                                                    "scan needs (refused by default).")] = False,
@@ -115,13 +117,12 @@ def convert(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Convert an MRI or CBCT into a synthetic CT (sct image, DICOM series, report.json, preview.png)."""
-    from sctconv.convert.options import ConvertOptions
-    from sctconv.convert.pipeline import convert as run_convert
-    from sctconv.convert.report import console_lines
+    from sctconv.convert.options import FAST_STEP, ConvertOptions
     from sctconv.io.dicom.write import SeriesOptions
 
     options = ConvertOptions(
-        modality=modality, region=region, model=model, mask=mask, series=series, step=step, blend=blend,
+        modality=modality, region=region, model=model, fast=fast, mask=mask, series=series, blend=blend,
+        step=step if step is not None else (FAST_STEP if fast else 0.3),
         batch_size=batch_size, device=device, backend=backend, image_format=image_format, dicom=dicom, tta=tta,
         ensemble=tuple(ensemble or ()), uncertainty=uncertainty, uncertainty_threshold_hu=uncertainty_threshold,
         overwrite=overwrite, allow_uneven=allow_uneven, allow_large=allow_large, like=like,
@@ -132,8 +133,16 @@ def convert(
                                      institution_name=institution_name, kvp=None if kvp is None else str(kvp)))
     if output_dir is not None:
         _convert_batch(paths, output_dir, options, num_parts, part_id, quiet)
-        return
-    if len(paths) != 2 or (num_parts, part_id) != (1, 0):
+    else:
+        _convert_one(paths, options, (num_parts, part_id) != (1, 0), quiet)
+
+
+def _convert_one(paths: list[Path], options: ConvertOptions, sharded: bool, quiet: bool) -> None:
+    """`convert INPUT OUTPUT`: one case, what it became on the console."""
+    from sctconv.convert.pipeline import convert as run_convert
+    from sctconv.convert.report import console_lines
+
+    if len(paths) != 2 or sharded:
         raise SctconvError("give one INPUT and one OUTPUT folder, or several inputs with -o OUTDIR "
                            "(--num-parts and --part-id split a batch)")
     with _progress() as progress:

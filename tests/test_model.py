@@ -18,7 +18,7 @@ from sctconv.nn.model import (
     save_model,
 )
 from sctconv.preprocessing.normalize import Normalization
-from tests.helpers import make_tiny_model
+from tests.helpers import cli, make_tiny_model
 
 
 def test_card_round_trip_and_strict_weights(tmp_path: Path):
@@ -182,3 +182,19 @@ def test_shipped_onnx_files_are_bound_to_their_weights():
     shipped = [folder for folder, _ in available_models(SHIPPED_MODELS) if (folder / "model.onnx").is_file()]
     for folder in shipped:
         OnnxBackend(load_model(folder), folder / "model.onnx", "cpu")  # refuses a stale or unbound file
+
+
+def test_fast_picks_the_model_whose_card_says_fast_and_the_default_ignores_it(tmp_path):
+    default = make_tiny_model(tmp_path / "b-default", "mr")
+    fast = make_tiny_model(tmp_path / "a-fast", "mr")  # first by name: only the card decides
+    card = json.loads((fast / "model.json").read_text())
+    (fast / "model.json").write_text(json.dumps({**card, "fast": True}))
+    assert resolve_model(None, "mr", None, tmp_path) == default
+    assert resolve_model(None, "mr", None, tmp_path, fast=True) == fast
+    with pytest.raises(SctconvError, match="no shipped fast model for modality cbct"):
+        resolve_model(None, "cbct", None, tmp_path, fast=True)
+    (fast / "model.json").write_text(json.dumps({**card, "fast": "yes"}))
+    with pytest.raises(SctconvError, match="fast must be true or false"):
+        read_card(fast)
+    result = cli("convert", "in.nii.gz", str(tmp_path / "out"), "--fast", "--model", str(default))
+    assert result.exit_code == 1 and "--fast picks the shipped fast model" in result.stderr

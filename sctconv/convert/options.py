@@ -12,6 +12,8 @@ from sctconv.inference.synthesize import FLIPS
 from sctconv.io.dicom.write import SeriesOptions
 
 IMAGE_FORMATS = ("nii.gz", "mha")
+FAST_STEP = 0.5
+"""The window step of `convert --fast` unless --step is given (the default is the paper's 0.3)."""
 BACKENDS = ("torch", "onnx")
 NAME_LIMITS = (("--manufacturer-model-name", "manufacturer_model_name", 64), ("--station-name", "station_name", 16))
 """(option, SeriesOptions field, characters): names a planning system may match its CT-to-density table by,
@@ -25,6 +27,7 @@ class ConvertOptions:
     modality: str | None = None  # "mr" or "cbct"; None = from DICOM, the model, or the intensities
     region: str | None = None
     model: str | None = None  # shipped model name or model folder
+    fast: bool = False  # the shipped fast model instead of the default one
     mask: Path | None = None
     series: str | None = None  # DICOM series UID or number (of the input, else of `like`)
     allow_uneven: bool = False  # resample a DICOM series with missing slices / uneven spacing
@@ -60,6 +63,8 @@ class ConvertOptions:
             raise SctconvError(f"unknown backend {self.backend!r}; use torch or onnx")
         if not 1 <= self.tta <= len(FLIPS):
             raise SctconvError(f"--tta must be 1 to {len(FLIPS)} (flips of the three axes), not {self.tta}")
+        if self.fast and self.model is not None:
+            raise SctconvError("--fast picks the shipped fast model; it cannot be combined with --model")
         if self.ensemble and self.model is None:
             raise SctconvError("--ensemble adds models to --model; name the first one with --model")
         if not self.uncertainty_threshold_hu > 0:

@@ -133,15 +133,15 @@ def choose_region(asked: str | None, image: sitk.Image, mask: sitk.Image, modali
     return {"value": detected, "source": "detected", "evidence": evidence}
 
 
-def shipped_model(modality: str, region: dict) -> Path:
-    """The shipped model for ``modality`` and the region; for a detected region that no shipped model
-    covers, the first for the modality (the coverage check then warns)."""
+def shipped_model(modality: str, region: dict, fast: bool = False) -> Path:
+    """The shipped (``fast``) model for ``modality`` and the region; for a detected region that no shipped
+    model covers, the first for the modality (the coverage check then warns)."""
     try:
-        return resolve_model(None, modality, region["value"])
+        return resolve_model(None, modality, region["value"], fast=fast)
     except SctconvError:
         if region["source"] == "option":
             raise
-        return resolve_model(None, modality, None)
+        return resolve_model(None, modality, None, fast=fast)
 
 
 def coverage_warnings(card: ModelCard, region: dict, modality_source: str,
@@ -231,7 +231,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
     region_record = choose_region(region, volume.image, mask, modality)
     stopwatch.lap("region")
     if model is None:
-        model = load_cached(shipped_model(modality, region_record), models)
+        model = load_cached(shipped_model(modality, region_record, options.fast), models)
         check_model(model.card, modality, modality_source)
     if not options.allow_large:
         check_workload(volume.image, model.card, options.step)

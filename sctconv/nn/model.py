@@ -69,6 +69,7 @@ class ModelCard:
     version: str = "1"
     task: Task = "synthesis"  # or "segmentation" (a CT segmentation "teacher")
     classes: list[str] = field(default_factory=list)  # segmentation: one name per output channel
+    fast: bool = False  # the shipped model that `convert --fast` picks (coarser, smaller)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -80,6 +81,8 @@ class ModelCard:
                 raise SctconvError(f"{key} must be text, not {getattr(self, key)!r}")
         if not self.name:
             raise SctconvError("name must not be empty")
+        if not isinstance(self.fast, bool):
+            raise SctconvError(f"fast must be true or false, not {self.fast!r}")
         if self.task not in TASKS:
             raise SctconvError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         expected = MODALITIES if self.task == "synthesis" else ("ct",)
@@ -144,6 +147,7 @@ class ModelCard:
                 version=str(data.get("version", "1")),
                 task=data.get("task", "synthesis"),
                 classes=data.get("classes", []),
+                fast=data.get("fast", False),
                 training=data.get("training", {}),
                 metrics=data.get("metrics", {}),
             )
@@ -264,11 +268,12 @@ def available_models(directory: Path = SHIPPED_MODELS) -> list[tuple[Path, Model
 
 
 def resolve_model(name_or_path: str | None, modality: str, region: str | None,
-                  directory: Path = SHIPPED_MODELS) -> Path:
+                  directory: Path = SHIPPED_MODELS, fast: bool = False) -> Path:
     """The folder of the model to use.
 
     ``name_or_path`` may be a model folder or the name of a shipped model. When it is None, the
-    shipped model for ``modality`` (and ``region``, when given) is chosen.
+    shipped model for ``modality`` (and ``region``, when given) is chosen: the default one, or with
+    ``fast`` the one whose card says it is the fast model.
     """
     if name_or_path:
         path = Path(name_or_path)
@@ -278,9 +283,10 @@ def resolve_model(name_or_path: str | None, modality: str, region: str | None,
             return directory / name_or_path
         names = ", ".join(p.name for p, _ in available_models(directory)) or "none"
         raise SctconvError(f"unknown model {name_or_path!r}: not a model folder, and not a shipped model ({names})")
-    candidates = [p for p, c in available_models(directory) if c.task == "synthesis"
+    candidates = [p for p, c in available_models(directory) if c.task == "synthesis" and c.fast == fast
                   and c.modality == modality and (region is None or region in c.regions)]
     if not candidates:
         where = f" and region {region}" if region else ""
-        raise SctconvError(f"no shipped model for modality {modality}{where}; train one or pass --model")
+        raise SctconvError(f"no shipped {'fast ' if fast else ''}model for modality {modality}{where}; train one "
+                           "or pass --model")
     return candidates[0]
