@@ -166,8 +166,12 @@ def _convert_batch(paths: list[Path], output_dir: Path, options: ConvertOptions,
         raise SctconvError(f"{failed} of {len(results)} cases failed (reasons above and in {summary})")
 
 
+# Commands kept in modules of their own: the DICOM node's and the models'.
 app.command("serve")(user_errors(cli_node.serve))
 app.command("send")(user_errors(cli_node.send))
+app.command("models")(user_errors(cli_models.models))
+app.command("export")(user_errors(cli_models.export))
+app.command("import-nnunet")(user_errors(cli_models.import_nnunet))
 
 
 @app.command()
@@ -201,11 +205,6 @@ def series(
         table.add_row(str(item.series_number or ""), item.modality, item.description, str(item.slices),
                       f"{item.rows} x {item.columns}", item.orientation, item.series_instance_uid)
     stdout.print(table)
-
-
-app.command("models")(user_errors(cli_models.models))
-app.command("export")(user_errors(cli_models.export))
-app.command("import-nnunet")(user_errors(cli_models.import_nnunet))
 
 
 @app.command()
