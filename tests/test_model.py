@@ -17,6 +17,7 @@ from sctconv.nn.model import (
     resolve_model,
     save_model,
 )
+from sctconv.nn.network import Architecture
 from sctconv.preprocessing.normalize import Normalization
 from tests.helpers import cli, make_tiny_model
 
@@ -198,3 +199,9 @@ def test_fast_picks_the_model_whose_card_says_fast_and_the_default_ignores_it(tm
         read_card(fast)
     result = cli("convert", "in.nii.gz", str(tmp_path / "out"), "--fast", "--model", str(default))
     assert result.exit_code == 1 and "--fast picks the shipped fast model" in result.stderr
+
+
+def test_the_json_of_sctconv_networks_is_what_it_was_before_imports_existed():
+    """Checkpoints identify their run by this JSON: a new key would refuse every earlier checkpoint."""
+    assert set(Architecture().to_dict()) == {"kind", "features", "strides", "kernel_sizes", "encoder_blocks",
+                                             "decoder_blocks", "in_channels", "out_channels", "residual_output"}

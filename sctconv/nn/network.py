@@ -75,7 +75,12 @@ class Architecture:
         return (total[0], total[1], total[2])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form; ``nnunet`` only for an imported network, so that the cards and checkpoint
+        identities of sctconv's own networks read as they did before imports existed."""
+        data = asdict(self)
+        if data["nnunet"] is None:
+            del data["nnunet"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Architecture:
