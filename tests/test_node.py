@@ -152,7 +152,7 @@ def test_pending_work_survives_a_receiver_that_is_down_and_a_killed_node(process
     start_storescp(processes, out, receiver)
     start_serve(processes, work, port, f"RECEIVER@127.0.0.1:{receiver}", tiny_model)  # picks up the pending series
     wait_for(lambda: len(received(out)) == SLICES, what="the pending sCT series after the restart")
-    assert len(list((work / "done").glob("*.json"))) == 1
+    wait_for(lambda: len(list((work / "done").glob("*.json"))) == 1, 10, "the delivery record")
 
 
 def test_a_calling_ae_title_that_is_not_allowed_is_rejected(processes, tiny_model, tmp_path):

@@ -19,7 +19,8 @@ from sctconv.simulation.simulate import simulate_cbct, simulate_mr
 from tests.helpers import check_sct_folder, sctconv, shared_data, skull_figures
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SHIPPED = {card.modality: card for _, card in available_models(SHIPPED_MODELS) if card.task == "synthesis"}
+SHIPPED = {card.modality: card for _, card in available_models(SHIPPED_MODELS)
+           if card.task == "synthesis" and not card.fast}  # the defaults, one per modality
 needs_models = pytest.mark.skipif(set(SHIPPED) != {"mr", "cbct"}, reason="shipped models are not in sctconv/models/")
 pytestmark = pytest.mark.slow
 
