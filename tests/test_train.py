@@ -164,7 +164,7 @@ def test_resume_after_kill_9_gives_the_same_model(phantom_cases, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     def losses(folder: Path) -> list[dict]:
         history = json.loads((folder / "history.json").read_text())
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+        return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]  # times differ
 
     assert losses(interrupted) == losses(tmp_path / "straight")
 
