@@ -133,6 +133,11 @@ def test_orthanc_receives_the_sct_series(processes, tiny_model, tmp_path):
                                 timeout=5) as response:
         tags = json.loads(response.read())
     assert tags["Modality"] == "CT" and tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2"
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/instances/{instances()[0]}/file",
+                                timeout=5) as response:
+        (tmp_path / "from_orthanc.dcm").write_bytes(response.read())
+    report = run_tool(tool("dciodvfy"), tmp_path / "from_orthanc.dcm")
+    assert "Error" not in report, report
 
 
 def test_pending_work_survives_a_receiver_that_is_down_and_a_killed_node(processes, tiny_model, tmp_path):
@@ -173,3 +178,40 @@ def test_send_stores_a_folder_and_refuses_a_bad_address(processes, tmp_path):
     assert bad.returncode == 1 and "AE_TITLE@HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
     down = sctconv("send", str(EXAMPLE), f"RECEIVER@127.0.0.1:{free_port()}", check=False)
     assert down.returncode == 1 and "did not accept an association" in down.stderr
+
+
+class FailingMidway:
+    """A receiver (pynetdicom) that stores 10 instances of the first delivery and then fails the rest (out of
+    resources), as a receiver that dies mid-way; later deliveries are stored whole."""
+
+    def __init__(self, port: int) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        self.stored: dict[str, int] = {}
+        self.associations: list[int] = []
+        ae = AE(ae_title="RECEIVER")
+        ae.add_supported_context("1.2.840.10008.5.1.4.1.1.2", ALL_TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store),
+                                                    (evt.EVT_ACCEPTED, lambda event: self.associations.append(0))])
+
+    def on_store(self, event) -> int:
+        if len(self.associations) == 1 and len(self.stored) >= 10:
+            return 0xA700
+        self.stored[str(event.dataset.SOPInstanceUID)] = self.stored.get(str(event.dataset.SOPInstanceUID), 0) + 1
+        return 0x0000
+
+
+def test_a_delivery_that_fails_mid_way_is_sent_again_whole(processes, tiny_model, tmp_path):
+    port, receiver_port = free_port(), free_port()
+    receiver = FailingMidway(receiver_port)
+    try:
+        start_serve(processes, tmp_path / "work", port, f"RECEIVER@127.0.0.1:{receiver_port}", tiny_model)
+        assert storescu(port).returncode == 0
+        wait_for(lambda: len(receiver.stored) == SLICES and len(receiver.associations) >= 2,
+                 what="the whole series after a failed delivery")
+        wait_for(lambda: len(list((tmp_path / "work" / "done").glob("*.json"))) == 1, 10, "the delivery record")
+        record = json.loads(next((tmp_path / "work" / "done").glob("*.json")).read_text())
+        assert record["attempts"] == 2 and record["delivered_files"] == SLICES
+    finally:
+        receiver.server.shutdown()

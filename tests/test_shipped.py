@@ -40,6 +40,14 @@ def test_readme_command_on_the_examples(example, tmp_path):
 
 
 @needs_models
+def test_fast_converts_with_the_fast_model_at_step_0_5(tmp_path):
+    sctconv("convert", str(EXAMPLES / "phantom_mr.nii.gz"), str(tmp_path / "out"), "--fast", "--no-dicom")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    fast = [card for _, card in available_models(SHIPPED_MODELS) if card.fast and card.modality == "mr"]
+    assert report["model"]["name"] == fast[0].name != SHIPPED["mr"].name and report["inference"]["step"] == 0.5
+
+
+@needs_models
 def test_dicom_example_converts(tmp_path):
     sctconv("convert", str(EXAMPLES / "phantom_mr_dicom"), str(tmp_path / "out"))
     assert len(list((tmp_path / "out" / "dicom").glob("*.dcm"))) == 40
@@ -71,8 +79,6 @@ REAL_HEAD_MRS = ["brain1_image.nrrd", "brain2_image.nrrd"]
 
 
 @needs_models
-@pytest.mark.xfail(strict=True, reason="issue 8 is open: the shipped MR model does not yet "
-                                       "synthesize bone; this check must start passing, then drop the mark")
 @pytest.mark.parametrize("name", REAL_HEAD_MRS)
 def test_real_head_mr_gets_a_skull(name, tmp_path):
     """The sCT of a real head MR shows a skull: 4-25% of the head above 250 HU, >= 70% of it near the surface."""

@@ -269,7 +269,7 @@ def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
 def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_steps(tmp_path):
     """--simulate-input: the next case's MR is made beside the network's steps, swapped in one
     ``resimulate_every`` later; the same seed gives the same arrays however long the simulation takes."""
-    card = read_card(Path("sctconv/models/mr2ct-small"))
+    card = read_card(Path("sctconv/models/mr2ct-fast"))
     ct, _ = make_phantom(np.random.default_rng(3), shape=(20, 48, 48), spacing=(2.0, 2.0, 2.0))
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     source = PreparedArrays(None, hu, (hu > -500).astype(np.uint8), None)

@@ -8,12 +8,12 @@
 # (--simulate-input); the CBCT model trains on four simulated CBCTs per training CT.
 # A run that does not fit one session resumes from WORK_DIR/models/*/checkpoint_latest.pt when started
 # again with the same arguments; to continue from the committed weights instead, add
-# --init sctconv/models/<model> (or weights/wip/<model>) to the train command (the card then records init_model
+# --init sctconv/models/<model> to the train command (the card then records init_model
 # and init_training). The finished models are written into the package, sctconv/models/<name>/.
 set -euo pipefail
 work=${1:?usage: weights/build.sh WORK_DIR [MR_EPOCHS] [CBCT_EPOCHS] [ITERATIONS]}
-mr_epochs=${2:-20}
-cbct_epochs=${3:-10}
+mr_epochs=${2:-37}
+cbct_epochs=${3:-8}
 iterations=${4:-150}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 models=$repo/sctconv/models
