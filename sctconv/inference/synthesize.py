@@ -9,6 +9,7 @@ every overlapping window comes out of the same pass.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +55,8 @@ def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step:
     second = np.zeros(source.shape, np.float64) if uncertainty else None
     count = 0
     for member in members:
-        for flip in FLIPS[:tta]:
-            mean, mean_square = member_moments(member, image, mask, source, flip, step, blend, batch_size, progress,
-                                               uncertainty)
+        for mean, mean_square in member_moments(member, image, mask, source, FLIPS[:tta], step, blend, batch_size,
+                                                progress, uncertainty):
             first += mean
             if second is not None and mean_square is not None:
                 second += mean_square
@@ -70,35 +70,35 @@ def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step:
     return Synthesis(image_like(sct, image), spread)
 
 
-def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: np.ndarray, flip: tuple[int, ...],
-                   step: float, blend: str, batch_size: int | None, progress: Progress | None,
-                   squares: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """One member's sCT (HU, input grid, unclipped) and, with ``squares``, the mean square of its windows'
-    predictions there; the input flipped along ``flip`` on the model grid and the prediction flipped back."""
+def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: np.ndarray,
+                   flips: tuple[tuple[int, ...], ...], step: float, blend: str, batch_size: int | None,
+                   progress: Progress | None, squares: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """For each of ``flips``, one member's sCT (HU, input grid, unclipped) and, with ``squares``, the mean
+    square of its windows' predictions there: the input (brought to the model grid and normalized once)
+    flipped along the flip's axes, and the prediction flipped back."""
     card = member.card
     grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
     x = normalize(sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask), card.input_normalization)
-    flipped = predict_body(np.ascontiguousarray(np.flip(x, flip)),
-                           np.ascontiguousarray(np.flip(sitk.GetArrayViewFromImage(grid_mask), flip)),
-                           member.backend, card, step, blend, batch_size, progress, squares)
-    y = np.flip(flipped.mean[0], flip)
-    require_finite(y, f"the output of model {card.name}")
-    y_square = None if flipped.mean_square is None else np.flip(flipped.mean_square[0], flip)
     mean, std = card.target_normalization.dataset_stats
 
     def on_input_grid(array: np.ndarray, outside: float) -> np.ndarray:
         return sitk.GetArrayFromImage(to_input_grid(image_like(array.astype(np.float32), grid), image, outside))
 
-    if card.architecture.residual_output:
-        # The network's output is its input plus a correction: the correction (HU) is brought to the
-        # input's own grid and added there, so detail finer than the model grid is kept.
-        correction = on_input_grid((y - x) * std, 0.0)
-        first = source + correction
-        if y_square is None:
-            return first, None
-        correction_square = on_input_grid((y_square - 2 * x * y + x * x) * std * std, 0.0)
-        return first, source * source + 2 * source * correction + correction_square
-    hu_square = None if y_square is None else on_input_grid(y_square * std * std + 2 * y * std * mean + mean * mean,
-                                                            HU_MIN * HU_MIN)
-    return on_input_grid(denormalize_ct(y, card.target_normalization), HU_MIN), hu_square
+    for flip in flips:
+        flipped = predict_body(np.ascontiguousarray(np.flip(x, flip)),
+                               np.ascontiguousarray(np.flip(sitk.GetArrayViewFromImage(grid_mask), flip)),
+                               member.backend, card, step, blend, batch_size, progress, squares)
+        y = np.flip(flipped.mean[0], flip)
+        require_finite(y, f"the output of model {card.name}")
+        y_square = None if flipped.mean_square is None else np.flip(flipped.mean_square[0], flip)
+        if card.architecture.residual_output:
+            # The network's output is its input plus a correction: the correction (HU) is brought to the
+            # input's own grid and added there, so detail finer than the model grid is kept.
+            correction = on_input_grid((y - x) * std, 0.0)
+            square = None if y_square is None else on_input_grid((y_square - 2 * x * y + x * x) * std * std, 0.0)
+            yield source + correction, None if square is None else source * source + 2 * source * correction + square
+        else:
+            yield (on_input_grid(denormalize_ct(y, card.target_normalization), HU_MIN),
+                   None if y_square is None else on_input_grid(y_square * std * std + 2 * y * std * mean + mean * mean,
+                                                               HU_MIN * HU_MIN))
