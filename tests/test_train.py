@@ -33,7 +33,7 @@ from sctconv.training.data import (
     simulated_case_arrays,
 )
 from sctconv.training.stages import bone_weighted_l1
-from sctconv.training.train import Batches, TrainConfig, patch_centres, poly_lr, split_cases
+from sctconv.training.train import Batches, TrainConfig, patch_centres, poly_lr, region_weights, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]
@@ -280,7 +280,7 @@ def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_s
     def batches() -> Batches:
         rng = np.random.default_rng(0)
         arrays = [simulated_case_arrays(c.name, source, card, rng) for c in cases]
-        return Batches(arrays, cases, [source, source], card, config, rng, {})
+        return Batches(arrays, cases, [source, source], card, config, rng, {}, region_weights(cases))
 
     first, second = batches(), batches()
     before = [a.x.copy() for a in first.arrays]
@@ -293,6 +293,20 @@ def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_s
     time.sleep(0.5)
     second.after_step(3)
     assert all((a.x == b.x).all() for a, b in zip(first.arrays, second.arrays))
+
+
+def test_every_region_is_drawn_equally_often_however_many_cases_it_has(tmp_path):
+    """Six head-neck CTs, one thorax and two cases of unknown region: each of the three groups gets a third
+    of the draws, split evenly among its cases."""
+    regions = ["head-neck"] * 6 + ["thorax"] + [None] * 2
+    cases = [PreparedCase(f"c{i}", r, tmp_path / f"c{i}.npz", False) for i, r in enumerate(regions)]
+    weights = region_weights(cases)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:6] == pytest.approx([1 / 18] * 6) and weights[6] == pytest.approx(1 / 3)
+    assert weights[7:] == pytest.approx([1 / 6] * 2)
+    draws = np.random.default_rng(0).choice(len(cases), size=30000, p=weights)
+    assert np.mean(draws == 6) == pytest.approx(1 / 3, abs=0.01)
+    assert region_weights(cases[:6]) == pytest.approx([1 / 6] * 6)  # one region: uniform, as before
 
 
 def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -275,8 +276,9 @@ def read_split(found: FoundCases, config: TrainConfig, ranks: Ranks, console: Co
 
 @dataclass
 class Batches:
-    """Random training patches (nanoGPT's ``get_batch``): cases drawn uniformly, patches centred as
-    :func:`patch_centres` says. With ``simulate_input``, ``sources`` are the CTs whose MR is made anew."""
+    """Random training patches (nanoGPT's ``get_batch``): cases drawn with ``weights`` (see
+    :func:`region_weights`), patches centred as :func:`patch_centres` says. With ``simulate_input``,
+    ``sources`` are the CTs whose MR is made anew."""
 
     arrays: list[CaseArrays]
     cases: list[PreparedCase]
@@ -285,11 +287,12 @@ class Batches:
     config: TrainConfig
     rng: np.random.Generator
     bone_voxels: dict[str, np.ndarray]
+    weights: np.ndarray
 
     def sample(self, size: int, device: str, memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
         """``size`` (input, target) patches as (B, 1, z, y, x) tensors on ``device``."""
         started = time.perf_counter()
-        picks = [self.arrays[i] for i in self.rng.integers(len(self.arrays), size=size)]
+        picks = [self.arrays[i] for i in self.rng.choice(len(self.arrays), size=size, p=self.weights)]
         patches = [sample_patch(c, self.card.patch_size, self.rng,
                                 patch_centres(c, self.rng.random(), self.config, self.bone_voxels)) for c in picks]
         x = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device, memory_format=memory_format)
@@ -331,7 +334,16 @@ def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.rand
     train_arrays, val_arrays = arrays[:len(cases.train)], arrays[len(cases.train):]
     bone_level = bone_value(card.target_normalization)
     bone_voxels = {a.name: np.flatnonzero(a.y > bone_level) for a in train_arrays} if config.bone_fraction else {}
-    return Batches(train_arrays, cases.train, sources, card, config, rng, bone_voxels), val_arrays
+    return Batches(train_arrays, cases.train, sources, card, config, rng, bone_voxels,
+                   region_weights(cases.train)), val_arrays
+
+
+def region_weights(cases: list[PreparedCase]) -> np.ndarray:
+    """How often each case is drawn: every region (head-neck, thorax, abdomen; unknown counts as one more)
+    equally often, its cases uniformly, so a region with few CTs is not drowned by one with many."""
+    count = Counter(c.region for c in cases)
+    weights = np.array([1.0 / count[c.region] for c in cases])
+    return weights / weights.sum()
 
 
 def resume(state: dict | None, network: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
