@@ -304,6 +304,9 @@ def test_an_imported_synthesis_model_predicts_what_the_nnunet_network_predicts(t
     converted = cli("convert", str(tmp_path / "mr.nii.gz"), str(sct), "--model", str(out), "--no-dicom",
                     "--region", "thorax")
     assert converted.exit_code == 0, converted.stderr
+    trained = cli("train", "--data", str(tmp_path / "no-data-needed"), "--output", str(tmp_path / "more"),
+                  "--init", str(out))
+    assert trained.exit_code == 1 and "imported nnU-Net model" in trained.stderr  # before looking for data
 
 
 def test_what_cannot_be_imported_is_refused_with_the_reason(tmp_path):

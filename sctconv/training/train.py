@@ -90,7 +90,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
 
     # Data: find the cases, refuse another run's checkpoint, read raw cases once into the cache, normalize.
     setup = network_setup(config.preset, config.plan, stage.input_modality)
-    init = load_model(config.init) if config.init else None
+    init = trainable(load_model(config.init)) if config.init else None
     found = find_split(stage, init.card.spacing if init else setup.spacing)
     checkpoint_path = config.out / "checkpoint_latest.pt"
     identity = run_identity(config.stage, init.card.architecture if init else setup.architecture, found.spacing,
@@ -164,6 +164,12 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
     if ranks.main:
         write_model(stage, network, card, stats, init, cases, val_arrays, history, ranks, console)
     return config.out
+
+
+def trainable(init: Model) -> Model:
+    """The --init model, refused before any data is read when :func:`own_network` would refuse it."""
+    own_network(init)
+    return init
 
 
 def own_network(init: Model) -> UNet:
