@@ -92,11 +92,12 @@ def test_shipped_models_load_and_document_themselves():
             metrics = card.metrics
             baseline = metrics.get("constant_water_mae_hu", metrics.get("constant_soft_tissue_mae_hu"))
             assert metrics["mae_hu"] < 0.8 * baseline
-            if "constant_water_mae_hu" in metrics:  # cards written since 2026-12-01 say more
+            if "constant_water_mae_hu" in metrics:  # metrics measured since 2026-12-01 say more
                 assert {"bone_dice", "per_region"} <= set(metrics)
-                assert card.training["device"] and card.training["wall_seconds"] > 0 and card.training["iterations"]
                 if card.modality == "cbct":
                     assert metrics["mae_hu"] < metrics["input_cbct_mae_hu"]
+            if not card.fast:  # the defaults were trained since 2026-12-01 and record how
+                assert card.training["device"] and card.training["wall_seconds"] > 0 and card.training["iterations"]
         else:
             assert card.metrics["mean_dice"] > 0.5 and card.classes[0] == "background"
     assert modalities == {"mr", "cbct", "ct"}
