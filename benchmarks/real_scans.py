@@ -77,7 +77,7 @@ def chest_cbcts(out: Path, model: str | None) -> None:
         cbct = simulate_cbct(ct, rng, fov_radius_mm=150.0) if kind.startswith("sctconv") else independent_cbct(ct, rng)
         inside = body & (cbct_field_of_view(cbct) if kind.startswith("sctconv") else True)
         folder = out / ("cbct_sim" if kind.startswith("sctconv") else "cbct_independent")
-        folder.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # convert makes the case folder itself (it refuses a foreign one)
         sitk.WriteImage(cbct, str(folder.parent / f"{folder.name}_input.nii.gz"))
         mask_image = sitk.GetImageFromArray(inside.astype(np.uint8))
         mask_image.CopyInformation(ct)
