@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sctconv.simulation.simulate import make_phantom, simulate_mr  # noqa: E402
+from sctconv.training.train import device_name  # noqa: E402
 
 CHEST = ROOT.parent / "shared" / "data" / "lidc_idri_0001_chest_ct" / "ct_2mm.nii.gz"
 TARGETS = {"thorax_s": 90.0, "fast_s": 30.0, "peak_gb": 4.0}
@@ -51,30 +52,20 @@ sys.exit(code)
 """
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def phantom_ct() -> sitk.Image:
+    """The project's torso phantom at 2 mm, 140 x 250 x 250 voxels (HU, float32)."""
+    ct, _ = make_phantom(np.random.default_rng(0), shape=(140, 250, 250), spacing=(2.0, 2.0, 2.0))
+    return sitk.Cast(ct, sitk.sitkFloat32)
 
 
 def thorax_mr() -> sitk.Image:
     """A 2 mm thorax-sized MR: the torso phantom, 140 x 250 x 250 voxels, simulated MR contrast."""
-    ct, _ = make_phantom(np.random.default_rng(0), shape=(140, 250, 250), spacing=(2.0, 2.0, 2.0))
-    return simulate_mr(sitk.Cast(ct, sitk.sitkFloat32), np.random.default_rng(1))
+    return simulate_mr(phantom_ct(), np.random.default_rng(1))
 
 
 def large_mr() -> sitk.Image:
     """A 512 x 512 x 300 MR: the real chest CT (or the phantom) resampled to that size, simulated MR contrast."""
-    if CHEST.exists():
-        ct = sitk.ReadImage(str(CHEST), sitk.sitkFloat32)
-    else:
-        ct = sitk.Cast(make_phantom(np.random.default_rng(0), shape=(140, 250, 250), spacing=(2.0, 2.0, 2.0))[0],
-                       sitk.sitkFloat32)
+    ct = sitk.ReadImage(str(CHEST), sitk.sitkFloat32) if CHEST.exists() else phantom_ct()
     size = (512, 512, 300)
     spacing = [(n * s) / m for n, s, m in zip(ct.GetSize(), ct.GetSpacing(), size)]
     ct = sitk.Resample(ct, size, sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), spacing, ct.GetDirection(), -1024.0)
@@ -108,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     figures = {name: float("nan") for name in TARGETS}
     device = ["--device", args.device]
-    print(f"device: {cpu_name()}; python {platform.python_version()}", flush=True)
+    print(f"device: {device_name('cpu')}; python {platform.python_version()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "time"):
@@ -125,7 +116,8 @@ def main() -> None:
             figures["peak_gb"] = large["peak_gb"]
     ratios = " ".join(f"{name}/target={figures[name] / TARGETS[name]:.2f}" for name in TARGETS)
     print(ratios)
-    print(" ".join(f"{name}={figures[name]:.2f}" for name in TARGETS) + f" device={cpu_name().replace(' ', '_')}")
+    device_label = device_name("cpu").replace(" ", "_")
+    print(" ".join(f"{name}={figures[name]:.2f}" for name in TARGETS) + f" device={device_label}")
 
 
 if __name__ == "__main__":
