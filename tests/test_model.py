@@ -140,6 +140,9 @@ CARD_DAMAGES = {  # issue 9, item 4: each once converted with exit 0 or ended in
     "region as text": (("regions",), "thorax"),
     "unknown region": (("regions",), ["pelvis"]),
     "name as number": (("name",), 7),
+    "anchored target": (("target_normalization", "anchor_hu"), 0.0),
+    "anchor as text": (("target_normalization", "anchor_hu"), "0"),
+    "anchored MR z-score": (("input_normalization", "anchor_hu"), 0.0),
 }
 
 

@@ -13,7 +13,7 @@ import torch
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.errors import SctconvError
 from sctconv.nn.model import load_model, save_model
-from sctconv.preprocessing.normalize import Normalization, normalize
+from sctconv.preprocessing.normalize import Normalization, histogram_peak, normalize
 
 CASE = Normalization("zscore-case")
 HOT = (10, 30, 30)  # inside the phantom's body
@@ -68,3 +68,30 @@ def test_non_finite_results_are_refused(phantom_files, tiny_mr_model, tmp_path):
         convert(phantom_files["mr"], tmp_path / "out", ConvertOptions(model=str(tiny_mr_model), dicom=False,
                                                                      preview=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_histogram_peak_finds_soft_tissue_beside_lung_fat_and_bone():
+    """The smoothed peak of a body's histogram lies in its soft tissue, not in its lung, fat or bone, and
+    the lung and air below the search range do not count; a body without soft tissue is refused."""
+    rng = np.random.default_rng(0)
+    body = np.concatenate([rng.normal(-800, 60, 40_000), rng.normal(-100, 30, 10_000),
+                           rng.normal(45, 30, 30_000), rng.normal(700, 200, 8_000)]).astype(np.float32)
+    assert abs(histogram_peak(body) - 45) <= 15
+    assert abs(histogram_peak(body - 120) - (45 - 120)) <= 15
+    with pytest.raises(SctconvError, match="soft tissue"):
+        histogram_peak(np.full(100, -1000.0, np.float32))
+
+
+def test_an_anchor_takes_a_global_offset_away():
+    """The same volume read 90 HU lower normalizes to the same z-scores with an anchor, 90 HU apart
+    without one; an anchor belongs to the dataset z-score only."""
+    rng = np.random.default_rng(1)
+    volume = rng.normal(40, 30, (8, 16, 16)).astype(np.float32)
+    mask = np.ones(volume.shape, np.uint8)
+    plain = Normalization("zscore-dataset", (-1024.0, 3071.0), -100.0, 400.0)
+    anchored = Normalization("zscore-dataset", (-1024.0, 3071.0), -100.0, 400.0, anchor_hu=0.0)
+    np.testing.assert_allclose(normalize(volume - 90, mask, anchored), normalize(volume, mask, anchored), atol=1e-5)
+    np.testing.assert_allclose(normalize(volume, mask, plain) - normalize(volume - 90, mask, plain), 90 / 400,
+                               atol=1e-5)
+    with pytest.raises(SctconvError, match="anchor"):
+        Normalization("zscore-case", anchor_hu=0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -122,8 +122,11 @@ class ModelCard:
             raise SctconvError(f"{len(self.classes)} class names for {arch.out_channels} output channels")
         if self.task == "synthesis" and arch.out_channels != 1:
             raise SctconvError(f"a synthesis network has one output channel, not {arch.out_channels}")
-        if arch.residual_output and self.input_normalization != self.target_normalization:
-            raise SctconvError("a residual-output network needs the same input and target normalization")
+        if self.target_normalization.anchor_hu is not None:
+            raise SctconvError("target_normalization cannot have an anchor (it is inverted to get HU)")
+        if arch.residual_output and replace(self.input_normalization, anchor_hu=None) != self.target_normalization:
+            raise SctconvError("a residual-output network needs the same input and target normalization "
+                               "(the input's anchor apart)")
 
     def to_dict(self) -> dict:
         data = asdict(self)
