@@ -143,6 +143,8 @@ CARD_DAMAGES = {  # issue 9, item 4: each once converted with exit 0 or ended in
     "anchored target": (("target_normalization", "anchor_hu"), 0.0),
     "anchor as text": (("target_normalization", "anchor_hu"), "0"),
     "anchored MR z-score": (("input_normalization", "anchor_hu"), 0.0),
+    "air anchor without anchor": (("input_normalization", "air_anchor_hu"), -1000.0),
+    "air anchor on the target": (("target_normalization", "air_anchor_hu"), -1000.0),
 }
 
 

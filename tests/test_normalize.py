@@ -13,7 +13,7 @@ import torch
 from sctconv.convert.pipeline import ConvertOptions, convert
 from sctconv.errors import SctconvError
 from sctconv.nn.model import load_model, save_model
-from sctconv.preprocessing.normalize import Normalization, histogram_peak, normalize
+from sctconv.preprocessing.normalize import Normalization, air_peak, anchor_map, histogram_peak, normalize
 
 CASE = Normalization("zscore-case")
 HOT = (10, 30, 30)  # inside the phantom's body
@@ -95,3 +95,41 @@ def test_an_anchor_takes_a_global_offset_away():
                                atol=1e-5)
     with pytest.raises(SctconvError, match="anchor"):
         Normalization("zscore-case", anchor_hu=0.0)
+
+
+def _chest(scale: float, offset: float, fill: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy body (soft tissue 40 HU, lungs -850, bone 700) in air, read with ``scale`` and ``offset``;
+    with ``fill``, a third of the slices' corners lie outside a field of view filled with that value."""
+    rng = np.random.default_rng(2)
+    hu = np.full((12, 40, 40), -1000.0, np.float32)
+    hu[:, 8:32, 6:34] = 40.0
+    hu[:, 12:28, 10:18] = hu[:, 12:28, 22:30] = -850.0
+    hu[:, 14:18, 18:22] = 700.0
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[:, 8:32, 6:34] = 1
+    read = hu * scale + offset + rng.normal(0, 20, hu.shape).astype(np.float32)
+    if fill is not None:
+        read[:, :4, :] = fill
+    return read, mask
+
+
+def test_the_air_anchor_takes_a_global_scale_away():
+    """A body read 12% compressed and 80 HU high normalizes as the true one does (to a few HU) with the air
+    anchor; without air in view, or with only a constant fill around the body, the scale stays 1."""
+    anchored = Normalization("zscore-dataset", (-1024.0, 3071.0), -100.0, 400.0, anchor_hu=0.0,
+                             air_anchor_hu=-1000.0)
+    true, mask = _chest(1.0, 0.0)
+    read, _ = _chest(0.88, 80.0)
+    assert abs(air_peak(read, mask) - (-880 + 80)) <= 10
+    assert abs(anchor_map(read, mask, anchored)[0] * 0.88 - anchor_map(true, mask, anchored)[0]) <= 0.03
+    inside = mask > 0
+    error = (normalize(read, mask, anchored) - normalize(true, mask, anchored))[inside] * 400.0
+    assert abs(float(np.median(error))) <= 10 and np.percentile(np.abs(error), 90) <= 60
+    assert anchor_map(read, np.ones_like(mask), anchored)[0] == 1.0  # no air outside the body
+    filled, _ = _chest(1.0, 80.0, fill=-1000.0)
+    filled[:, :, :] = np.where(mask > 0, filled, -1000.0)  # air only as the constant fill
+    assert air_peak(filled, mask) is None and anchor_map(filled, mask, anchored)[0] == 1.0
+    with pytest.raises(SctconvError, match="air anchor needs"):
+        Normalization("zscore-dataset", (-1024.0, 3071.0), -100.0, 400.0, air_anchor_hu=-1000.0)
+    with pytest.raises(SctconvError, match="air anchor must lie"):
+        Normalization("zscore-dataset", (-1024.0, 3071.0), -100.0, 400.0, anchor_hu=0.0, air_anchor_hu=0.0)

@@ -335,7 +335,7 @@ def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
 @pytest.mark.slow
 def test_cbct_model_learns_a_correction_of_its_input(tmp_path):
     """A CBCT model is residual: input and target share the CT normalization (the input anchored at
-    water), and the network's output is its input plus a correction."""
+    water and air), and the network's output is its input plus a correction."""
     root = tmp_path / "cbct"
     simulated_cases(root, ["a", "b"], "cbct", (20, 64, 72), (2.5, 2.5, 3.0))
     out = tmp_path / "model"
@@ -343,7 +343,8 @@ def test_cbct_model_learns_a_correction_of_its_input(tmp_path):
             "--no-onnx", *FAST)
     model = load_model(out)
     assert model.card.architecture.residual_output
-    assert model.card.input_normalization == replace(model.card.target_normalization, anchor_hu=0.0)
+    assert model.card.input_normalization == replace(model.card.target_normalization, anchor_hu=0.0,
+                                                     air_anchor_hu=-1000.0)
     torch.nn.init.zeros_(model.network.head.weight)
     torch.nn.init.zeros_(model.network.head.bias)
     x = torch.randn(1, 1, *model.card.patch_size)

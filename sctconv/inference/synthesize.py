@@ -20,7 +20,7 @@ from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.inference.predict import Backend, predict_body
 from sctconv.nn.model import ModelCard
 from sctconv.preprocessing.grid import image_like, to_input_grid, to_model_grid
-from sctconv.preprocessing.normalize import anchor_shift, denormalize_ct, normalize, require_finite
+from sctconv.preprocessing.normalize import anchor_map, denormalize_ct, normalize, require_finite
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2))
 """Test-time augmentation: the axes (z, y, x) each member flips; the first N are used for ``tta`` N."""
@@ -81,7 +81,7 @@ def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: 
     grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
     grid_array, grid_mask_array = sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask)
     x = normalize(grid_array, grid_mask_array, card.input_normalization)
-    shift = anchor_shift(grid_array, grid_mask_array, card.input_normalization)
+    scale, offset = anchor_map(grid_array, grid_mask_array, card.input_normalization)
     mean, std = card.target_normalization.dataset_stats
 
     def on_input_grid(array: np.ndarray, outside: float) -> np.ndarray:
@@ -95,13 +95,13 @@ def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: 
         require_finite(y, f"the output of model {card.name}")
         y_square = None if flipped.mean_square is None else np.flip(flipped.mean_square[0], flip)
         if card.architecture.residual_output:
-            # The network's output is its (anchored) input plus a correction: the anchor's shift and the
-            # correction (HU) are brought to the input's own grid and added there, so detail finer than
-            # the model grid is kept.
-            correction = on_input_grid((y - x) * std + np.float32(shift), 0.0)
-            square = None if y_square is None else on_input_grid(
-                (y_square - 2 * x * y + x * x) * std * std + 2 * shift * std * (y - x) + shift * shift, 0.0)
-            yield source + correction, None if square is None else source * source + 2 * source * correction + square
+            # The network's output is its (anchored) input plus a correction: the correction (HU) is
+            # brought to the input's own grid and added there to the input under the same anchor map, so
+            # detail finer than the model grid is kept.
+            base = source * np.float32(scale) + np.float32(offset)
+            correction = on_input_grid((y - x) * std, 0.0)
+            square = None if y_square is None else on_input_grid((y_square - 2 * x * y + x * x) * std * std, 0.0)
+            yield base + correction, None if square is None else base * base + 2 * base * correction + square
         else:
             yield (on_input_grid(denormalize_ct(y, card.target_normalization), HU_MIN),
                    None if y_square is None else on_input_grid(y_square * std * std + 2 * y * std * mean + mean * mean,

@@ -124,9 +124,10 @@ class ModelCard:
             raise SctconvError(f"a synthesis network has one output channel, not {arch.out_channels}")
         if self.target_normalization.anchor_hu is not None:
             raise SctconvError("target_normalization cannot have an anchor (it is inverted to get HU)")
-        if arch.residual_output and replace(self.input_normalization, anchor_hu=None) != self.target_normalization:
+        unanchored = replace(self.input_normalization, anchor_hu=None, air_anchor_hu=None)
+        if arch.residual_output and unanchored != self.target_normalization:
             raise SctconvError("a residual-output network needs the same input and target normalization "
-                               "(the input's anchor apart)")
+                               "(the input's anchors apart)")
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -2,8 +2,9 @@
 
 MRI: per-case z-score inside the body. CT and CBCT: clipped to [-1024, 3071] HU, then the dataset's
 z-score, as the model card records it. A CBCT's input may first be shifted so that the peak of its
-body histogram sits at the card's ``anchor_hu`` (:func:`anchor_shift`): a CBCT's global HU offset is a
-whole-volume property that a network patch judges badly.
+body histogram sits at the card's ``anchor_hu``, and scaled about it so that the air around the body
+lies at ``air_anchor_hu`` (:func:`anchor_map`): a CBCT's global HU offset and scale are whole-volume
+properties that a network patch judges badly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ ANCHOR_SMOOTHING_HU = 80.0
 into one peak, so the anchor does not jump between them from scan to scan. Of 0, 15, 40 and 80 HU this
 predicted the offset of 109 simulated CBCTs best (residual sd 19.7 HU, against 66.4 without an anchor)."""
 
+AIR_RANGE_HU = (-1500.0, -500.0)
+"""Where :func:`air_peak` looks for the air around the body: -1000 HU under a kV CBCT's scale (x0.85-1.15)
+and offset (+-120 HU) errors; soft tissue, couch and cushions lie above it."""
+
+AIR_SMOOTHING_HU = 40.0
+"""The Gaussian (sd, HU) that smooths the air histogram: a CBCT's noise in air (15-60 HU)."""
+
+AIR_MIN_VOXELS = 1000
+"""Fewer varying air voxels than this (8 ml at 2 mm) outside the body leave a CBCT's scale as it is."""
+
+SCALE_LIMITS = (0.75, 1.35)
+"""The scale :func:`anchor_map` may apply: a CBCT's HU scale is off by 15% at most, and cupping, which
+lowers soft tissue but not air, makes the soft tissue-to-air distance read up to ~20% short."""
+
 OUTLIER_FENCE = 5.0
 """A value further than this many times the 0.5-99.5 percentile range beyond that range (inside the
 body) is an outlier: real MRs stay within 0.7 times it, a single hot voxel of 3e38 does not."""
@@ -38,7 +53,8 @@ class Normalization:
     ``scheme`` is ``"zscore-case"`` (per-case mean/std over the body, the paper's MRI scheme) or
     ``"zscore-dataset"`` (clip to ``clip``, then subtract the dataset ``mean`` and divide by
     ``std``: the paper's CT and CBCT scheme). ``anchor_hu`` (``zscore-dataset`` inputs only): first
-    shift the volume so the peak of its body histogram lies there (:func:`anchor_shift`).
+    shift the volume so the peak of its body histogram lies there; ``air_anchor_hu`` (with ``anchor_hu``):
+    also scale it about that peak so the air around the body lies there (:func:`anchor_map`).
     """
 
     scheme: str
@@ -46,6 +62,7 @@ class Normalization:
     mean: float | None = None
     std: float | None = None
     anchor_hu: float | None = None
+    air_anchor_hu: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse what cannot normalize (unknown scheme, a clip that is not low < high, a mean that is
@@ -65,10 +82,22 @@ class Normalization:
             self.mean = finite_number(self.mean, "normalization mean")
         if self.std is not None:
             self.std = finite_number(self.std, "normalization std", positive=True)
+        self._check_anchors()
+
+    def _check_anchors(self) -> None:
+        """Refuse an anchor on the per-case z-score, an air anchor without the soft-tissue anchor or outside
+        :data:`AIR_RANGE_HU`, and anchors that are not numbers."""
         if self.anchor_hu is not None:
             if self.scheme != "zscore-dataset":
                 raise SctconvError("a normalization anchor needs the dataset z-score")
             self.anchor_hu = finite_number(self.anchor_hu, "normalization anchor")
+        if self.air_anchor_hu is not None:
+            if self.anchor_hu is None:
+                raise SctconvError("an air anchor needs the soft-tissue anchor_hu")
+            self.air_anchor_hu = finite_number(self.air_anchor_hu, "normalization air anchor")
+            if not AIR_RANGE_HU[0] <= self.air_anchor_hu <= AIR_RANGE_HU[1]:
+                raise SctconvError(f"the air anchor must lie in {AIR_RANGE_HU[0]:.0f}..{AIR_RANGE_HU[1]:.0f} HU, "
+                                   f"not {self.air_anchor_hu}")
 
     @property
     def dataset_stats(self) -> tuple[float, float]:
@@ -97,33 +126,66 @@ def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.nd
         return require_finite((array - mean) / std, "the normalized input")
     low, high = norm.clip if norm.clip else (-np.inf, np.inf)
     mean, std = norm.dataset_stats
-    shift = anchor_shift(array, mask, norm)
-    if shift:
-        array = array + np.float32(shift)
+    scale, offset = anchor_map(array, mask, norm)
+    if (scale, offset) != (1.0, 0.0):
+        array = array * np.float32(scale) + np.float32(offset)
     return require_finite((np.clip(array, low, high) - mean) / std, "the normalized input")
 
 
-def anchor_shift(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> float:
-    """The HU added to a volume before its z-score: ``norm.anchor_hu`` minus the volume's
-    :func:`histogram_peak` inside ``mask``; 0 for a normalization without an anchor."""
+def anchor_map(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> tuple[float, float]:
+    """(scale, offset) that bring a volume to the card's anchors before its z-score (``array * scale +
+    offset``): the :func:`histogram_peak` inside ``mask`` goes to ``norm.anchor_hu``; with an
+    ``air_anchor_hu`` the volume is also scaled about that peak (within :data:`SCALE_LIMITS`) so that its
+    :func:`air_peak` goes there, unless no air is in view. (1, 0) for a normalization without anchors."""
     if norm.anchor_hu is None:
-        return 0.0
-    return norm.anchor_hu - histogram_peak(array[mask > 0])
+        return 1.0, 0.0
+    soft = histogram_peak(array[mask > 0])
+    scale = 1.0
+    air = None if norm.air_anchor_hu is None else air_peak(array, mask)
+    if air is not None and norm.air_anchor_hu is not None:
+        scale = float(np.clip((norm.anchor_hu - norm.air_anchor_hu) / (soft - air), *SCALE_LIMITS))
+    return scale, norm.anchor_hu - scale * soft
 
 
 def histogram_peak(values: np.ndarray) -> float:
     """The CT number at which the histogram of ``values`` within :data:`ANCHOR_RANGE_HU` (5 HU bins,
     smoothed by :data:`ANCHOR_SMOOTHING_HU`) peaks; an error when no value lies in that range."""
     low, high = ANCHOR_RANGE_HU
-    edges = np.arange(low, high + 5.0, 5.0)
-    counts, _ = np.histogram(values, edges)
-    if not counts.any():
+    counts, peak = _smoothed_histogram_peak(values, ANCHOR_RANGE_HU, ANCHOR_SMOOTHING_HU)
+    if not counts:
         raise SctconvError(f"no voxel of the body lies within {low:.0f}..{high:.0f} HU, where a CBCT shows "
                            "soft tissue; is the input a CBCT in HU?")
-    sd = ANCHOR_SMOOTHING_HU / 5.0
+    return peak
+
+
+def air_peak(array: np.ndarray, mask: np.ndarray) -> float | None:
+    """Where the histogram of the air around the body peaks (:data:`AIR_RANGE_HU`, smoothed by
+    :data:`AIR_SMOOTHING_HU`): voxels outside ``mask`` whose value differs from each neighbour's, so a
+    constant fill (outside a field of view, below a clip) does not count, its edge included; None with fewer than
+    :data:`AIR_MIN_VOXELS` of them."""
+    varying = np.ones(array.shape, dtype=bool)
+    for axis in range(array.ndim):
+        step = np.diff(array, axis=axis) != 0
+        lower = [slice(None)] * array.ndim
+        upper = [slice(None)] * array.ndim
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        varying[tuple(lower)] &= step
+        varying[tuple(upper)] &= step
+    counts, peak = _smoothed_histogram_peak(array[varying & (mask == 0)], AIR_RANGE_HU, AIR_SMOOTHING_HU)
+    return peak if counts >= AIR_MIN_VOXELS else None
+
+
+def _smoothed_histogram_peak(values: np.ndarray, value_range: tuple[float, float],
+                             smoothing: float) -> tuple[int, float]:
+    """(how many ``values`` lie in ``value_range``, where their histogram (5 HU bins, smoothed by a Gaussian
+    of sd ``smoothing``) peaks)."""
+    low, high = value_range
+    edges = np.arange(low, high + 5.0, 5.0)
+    counts, _ = np.histogram(values, edges)
+    sd = smoothing / 5.0
     offsets = np.arange(-int(4 * sd), int(4 * sd) + 1)
     smooth = np.convolve(counts.astype(np.float64), np.exp(-0.5 * (offsets / sd) ** 2), mode="same")
-    return float(edges[int(np.argmax(smooth))] + 2.5)
+    return int(counts.sum()), float(edges[int(np.argmax(smooth))] + 2.5)
 
 
 def tame_outliers(array: np.ndarray, inside: np.ndarray) -> np.ndarray:

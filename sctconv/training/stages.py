@@ -175,10 +175,12 @@ def synthesis_card(config: TrainConfig, cases: list[PreparedCase], setup: Networ
     ct_norm, stats = ct_statistics(cases)
     # MR: z-score per case. CBCT: a correction added to the input (the method's residual principle), so
     # input and output share the CT's normalization and the network learns CT minus CBCT; the input is
-    # first shifted so the peak of its body histogram lies at water (0 HU), which removes most of a
-    # CBCT's global offset before the network sees a patch of it.
+    # first shifted so the peak of its body histogram lies at water (0 HU) and scaled about it so the air
+    # around the body lies at -1000 HU, which removes most of a CBCT's global offset and scale error before
+    # the network sees a patch of it.
     residual = config.modality == "cbct"
-    input_norm = replace(ct_norm, anchor_hu=0.0) if residual else Normalization("zscore-case")
+    input_norm = (replace(ct_norm, anchor_hu=0.0, air_anchor_hu=-1000.0) if residual
+                  else Normalization("zscore-case"))
     return ModelCard(name=config.name, modality=config.modality, regions=config.regions,
                      architecture=replace(setup.architecture, residual_output=residual),
                      spacing=setup.spacing, patch_size=setup.patch_size,
