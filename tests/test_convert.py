@@ -225,10 +225,22 @@ def test_an_anchored_residual_model_is_blind_to_a_global_offset_and_scale_of_its
     sitk.WriteImage(image + 95.0, str(tmp_path / "brighter.mha"))
     sitk.WriteImage(image * 1.1 + 95.0, str(tmp_path / "stretched.mha"))
     options = ConvertOptions(model=str(folder), dicom=False, preview=False)
-    convert(phantom_files["cbct"], tmp_path / "out", options)
+    sitk.WriteImage(image * 0.6, str(tmp_path / "squeezed.mha"))
+    report = convert(phantom_files["cbct"], tmp_path / "out", options)
     mask_path = tmp_path / "out" / "mask.nii.gz"
     convert(tmp_path / "brighter.mha", tmp_path / "out2", replace(options, mask=mask_path))
-    convert(tmp_path / "stretched.mha", tmp_path / "out3", replace(options, mask=mask_path))
+    stretched = convert(tmp_path / "stretched.mha", tmp_path / "out3", replace(options, mask=mask_path))
+    squeezed = convert(tmp_path / "squeezed.mha", tmp_path / "out4", replace(options, mask=mask_path))
+    scale = report["inference"]["input_anchor"][0]["scale"]
+    assert abs(stretched["inference"]["input_anchor"][0]["scale"] * 1.1 - scale) <= 0.02
+    assert not any("most allowed" in w for w in report["warnings"])
+    assert any("most allowed" in w for w in squeezed["warnings"])
+    everywhere = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    everywhere.CopyInformation(image)
+    sitk.WriteImage(everywhere, str(tmp_path / "everywhere.nii.gz"))
+    no_air = convert(phantom_files["cbct"], tmp_path / "out5", replace(options, mask=tmp_path / "everywhere.nii.gz"))
+    assert no_air["inference"]["input_anchor"][0]["scale"] == 1.0
+    assert any("no air around the body" in note for note in no_air["notes"])
 
     def read(path: Path) -> np.ndarray:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)

@@ -250,7 +250,7 @@ def convert(input_path: Path, out_dir: Path, options: ConvertOptions,
         staging.joinpath(ONNX_NAME).unlink(missing_ok=True)
         # whole HU, so that the image file and the DICOM series hold the same values
         conversion = Conversion(input_path, volume, modality, modality_source, mask, mask_source, region_record,
-                                model, sitk.Round(synthesis.sct), like, synthesis.uncertainty)
+                                model, sitk.Round(synthesis.sct), like, synthesis.uncertainty, synthesis.anchor_maps)
         outputs = [writer.write(conversion, staging) for writer in output_writers(options)]
         stopwatch.lap("write")
         report = make_report(conversion, options, members, outputs, stopwatch.timings, notes, warnings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from sctconv.convert.writers import Conversion
 from sctconv.hu import BONE_HU
 from sctconv.inference.predict import OnnxBackend
 from sctconv.inference.synthesize import Member
+from sctconv.preprocessing.normalize import SCALE_LIMITS
 
 REPORT_NAME = "report.json"
 DISCLAIMER = "Research tool, not a medical device: verify every sCT before clinical use."
@@ -35,6 +36,8 @@ def make_report(conversion: Conversion, options: ConvertOptions, members: list[M
         warnings = warnings + [f"the sCT's uncertainty is {uncertainty['mean_in_body']:.0f} HU on average in the body, "
                                f"above the threshold of {uncertainty['threshold_hu']:.0f} HU: look at "
                                "uncertainty.nii.gz and the preview before using this sCT"]
+    anchors = input_anchors(members, conversion.anchor_maps)
+    notes, warnings = notes + anchors.notes, warnings + anchors.warnings
     source = volume.source
     return {
         "sctconv": __version__,
@@ -53,7 +56,8 @@ def make_report(conversion: Conversion, options: ConvertOptions, members: list[M
         "inference": {"backend": backend.name, "device": backend.device, "step": options.step,
                       "blend": options.blend, "batch_size": options.batch_size,
                       "patch_size": list(model.card.patch_size), "spacing_zyx": list(model.card.spacing),
-                      "tta": options.tta, "ensemble": [m.card.name for m in members]},
+                      "tta": options.tta, "ensemble": [m.card.name for m in members],
+                      "input_anchor": anchors.records or None},
         "timings_s": {**timings, "total": round(sum(timings.values()), 3)},
         "hu_in_body": hu_statistics(conversion.sct, conversion.mask),
         "uncertainty": uncertainty,
@@ -62,6 +66,35 @@ def make_report(conversion: Conversion, options: ConvertOptions, members: list[M
         "warnings": warnings,
         "versions": versions(),
     }
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """How the members' anchors read the input (:func:`sctconv.preprocessing.normalize.anchor_map`)."""
+
+    records: list[dict]
+    notes: list[str]
+    warnings: list[str]
+
+
+def input_anchors(members: list[Member], maps: tuple[tuple[float, float], ...]) -> Anchors:
+    """Per anchored member, the scale and offset its input was read with; a note where no air was in view
+    to set the scale, a warning where the scale reached a limit (the input may not be a CBCT in HU)."""
+    records, notes, warnings = [], [], []
+    for member, (scale, offset) in zip(members, maps, strict=True):
+        norm = member.card.input_normalization
+        if norm.anchor_hu is None:
+            continue
+        records.append({"model": member.card.name, "scale": round(scale, 4), "offset_hu": round(offset, 1)})
+        if norm.air_anchor_hu is None:
+            continue
+        if scale == 1.0:
+            notes.append(f"{member.card.name}: no air around the body in view; the input's HU scale was left as read")
+        elif scale in SCALE_LIMITS:
+            warnings.append(f"{member.card.name}: the input's HU scale was corrected by the most allowed "
+                            f"(x{scale:.2f}); is it a CBCT in HU with air around the body? Check the sCT's air, "
+                            "lungs and bone")
+    return Anchors(records, sorted(set(notes)), sorted(set(warnings)))
 
 
 def write_report(report: dict, folder: Path) -> None:

@@ -37,6 +37,7 @@ class Conversion:
     sct: sitk.Image  # whole HU on the input grid
     like: Dataset | None  # the --like series' header
     uncertainty: sitk.Image | None = None  # per-voxel standard deviation (HU) of members and windows
+    anchor_maps: tuple[tuple[float, float], ...] = ()  # per member, the input's (scale, offset) before its z-score
 
 
 class OutputWriter(Protocol):

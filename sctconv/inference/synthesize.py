@@ -41,6 +41,27 @@ class Synthesis:
 
     sct: sitk.Image
     uncertainty: sitk.Image | None
+    anchor_maps: tuple[tuple[float, float], ...]  # per member, the input's (scale, offset) before its z-score
+
+
+@dataclass(frozen=True)
+class GridInput:
+    """A member's input on its model grid: the image, the body mask, the normalized array and the
+    (scale, offset) its anchors applied before the z-score (:func:`anchor_map`)."""
+
+    image: sitk.Image
+    mask: np.ndarray
+    x: np.ndarray
+    anchor: tuple[float, float]
+
+
+def grid_input(card: ModelCard, image: sitk.Image, mask: sitk.Image) -> GridInput:
+    """``image`` and ``mask`` brought to ``card``'s model grid, the image normalized as the card says."""
+    grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
+    grid_mask = sitk.GetArrayFromImage(to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor))
+    grid_array = sitk.GetArrayViewFromImage(grid)
+    return GridInput(grid, grid_mask, normalize(grid_array, grid_mask, card.input_normalization),
+                     anchor_map(grid_array, grid_mask, card.input_normalization))
 
 
 def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step: float = 0.3, blend: str = "mean",
@@ -53,10 +74,12 @@ def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step:
     source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
     first = np.zeros(source.shape, np.float64)
     second = np.zeros(source.shape, np.float64) if uncertainty else None
-    count = 0
+    count, anchors = 0, []
     for member in members:
-        for mean, mean_square in member_moments(member, image, mask, source, FLIPS[:tta], step, blend, batch_size,
-                                                progress, uncertainty):
+        model_input = grid_input(member.card, image, mask)
+        anchors.append(model_input.anchor)
+        for mean, mean_square in member_moments(member, image, model_input, source, FLIPS[:tta], step, blend,
+                                                batch_size, progress, uncertainty):
             first += mean
             if second is not None and mean_square is not None:
                 second += mean_square
@@ -67,21 +90,17 @@ def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step:
     if second is not None:
         std = np.sqrt(np.maximum(second / count - (first / count) ** 2, 0.0))
         spread = image_like(np.where(body, std, 0.0).astype(np.float32), image)
-    return Synthesis(image_like(sct, image), spread)
+    return Synthesis(image_like(sct, image), spread, tuple(anchors))
 
 
-def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: np.ndarray,
+def member_moments(member: Member, image: sitk.Image, model_input: GridInput, source: np.ndarray,
                    flips: tuple[tuple[int, ...], ...], step: float, blend: str, batch_size: int | None,
                    progress: Progress | None, squares: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """For each of ``flips``, one member's sCT (HU, input grid, unclipped) and, with ``squares``, the mean
-    square of its windows' predictions there: the input (brought to the model grid and normalized once)
-    flipped along the flip's axes, and the prediction flipped back."""
-    card = member.card
-    grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
-    grid_mask = to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor)
-    grid_array, grid_mask_array = sitk.GetArrayViewFromImage(grid), sitk.GetArrayViewFromImage(grid_mask)
-    x = normalize(grid_array, grid_mask_array, card.input_normalization)
-    scale, offset = anchor_map(grid_array, grid_mask_array, card.input_normalization)
+    square of its windows' predictions there: the input on the model grid (:func:`grid_input`) flipped
+    along the flip's axes, and the prediction flipped back."""
+    card, grid, x = member.card, model_input.image, model_input.x
+    scale, offset = model_input.anchor
     mean, std = card.target_normalization.dataset_stats
 
     def on_input_grid(array: np.ndarray, outside: float) -> np.ndarray:
@@ -89,7 +108,7 @@ def member_moments(member: Member, image: sitk.Image, mask: sitk.Image, source: 
 
     for flip in flips:
         flipped = predict_body(np.ascontiguousarray(np.flip(x, flip)),
-                               np.ascontiguousarray(np.flip(sitk.GetArrayViewFromImage(grid_mask), flip)),
+                               np.ascontiguousarray(np.flip(model_input.mask, flip)),
                                member.backend, card, step, blend, batch_size, progress, squares)
         y = np.flip(flipped.mean[0], flip)
         require_finite(y, f"the output of model {card.name}")
