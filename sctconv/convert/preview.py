@@ -14,6 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
+from sctconv.preprocessing.grid import body_box
+
 WINDOWS: tuple[tuple[str, float, float], ...] = (("soft tissue", 400.0, 40.0), ("lung", 1500.0, -600.0),
                                                    ("bone", 1800.0, 400.0))
 """The sCT rows: (name, window width, window level) in HU."""
@@ -23,19 +25,6 @@ PLANES = ("axial", "coronal", "sagittal")
 def _volumes(*images: sitk.Image) -> list[np.ndarray]:
     """The images as (z, y, x) arrays in LPS orientation (z inferior -> superior)."""
     return [sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")) for image in images]
-
-
-def _body_box(mask: np.ndarray, spacing_zyx: np.ndarray, margin_mm: float = 15.0) -> tuple[slice, ...]:
-    """The body's bounding box with a margin (the whole volume where the mask is empty), so that a
-    neck in a wide field of view is not drawn as a speck."""
-    if not mask.any():
-        return tuple(slice(None) for _ in mask.shape)
-    box = []
-    for axis, size in enumerate(mask.shape):
-        index = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        margin = int(np.ceil(margin_mm / spacing_zyx[axis]))
-        box.append(slice(max(0, index[0] - margin), min(size, index[-1] + 1 + margin)))
-    return tuple(box)
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int, int]:
@@ -65,7 +54,7 @@ def save_preview(source: sitk.Image, sct: sitk.Image, mask: sitk.Image, path: Pa
     each in the axial, coronal and sagittal planes through the body, the body outline in red; with
     ``uncertainty``, a last row with it (0 to its 99th percentile in the body, colour map)."""
     source_array, sct_array, mask_array = _volumes(source, sct, mask)
-    box = _body_box(mask_array > 0, np.array(sitk.DICOMOrient(source, "LPS").GetSpacing()[::-1]))
+    box = body_box(mask_array > 0, np.array(sitk.DICOMOrient(source, "LPS").GetSpacing()[::-1]), 15.0)
     source_array, sct_array, mask_array = source_array[box], sct_array[box], mask_array[box]
     centre = _centre(mask_array > 0)
     masks = _planes(mask_array > 0, centre)

@@ -19,7 +19,7 @@ from rich.progress import Progress
 from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.inference.predict import Backend, predict_body
 from sctconv.nn.model import ModelCard
-from sctconv.preprocessing.grid import image_like, to_input_grid, to_model_grid
+from sctconv.preprocessing.grid import CROP_MARGIN_MM, body_box, image_like, to_input_grid, to_model_grid
 from sctconv.preprocessing.normalize import anchor_map, denormalize_ct, normalize, require_finite
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2))
@@ -56,12 +56,14 @@ class GridInput:
 
 
 def grid_input(card: ModelCard, image: sitk.Image, mask: sitk.Image) -> GridInput:
-    """``image`` and ``mask`` brought to ``card``'s model grid, the image normalized as the card says."""
+    """``image`` and ``mask`` brought to ``card``'s model grid, the image normalized as the card says (its
+    anchors measured within the body's box widened by :data:`CROP_MARGIN_MM`, as training's crops)."""
     grid = to_model_grid(image, card.spacing, default=float(sitk.GetArrayViewFromImage(image).min()))
     grid_mask = sitk.GetArrayFromImage(to_model_grid(mask, card.spacing, sitk.sitkNearestNeighbor))
     grid_array = sitk.GetArrayViewFromImage(grid)
-    return GridInput(grid, grid_mask, normalize(grid_array, grid_mask, card.input_normalization),
-                     anchor_map(grid_array, grid_mask, card.input_normalization))
+    box = body_box(grid_mask > 0, card.spacing, CROP_MARGIN_MM)
+    anchor = anchor_map(grid_array[box], grid_mask[box], card.input_normalization)
+    return GridInput(grid, grid_mask, normalize(grid_array, grid_mask, card.input_normalization, anchor), anchor)
 
 
 def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step: float = 0.3, blend: str = "mean",
@@ -71,7 +73,7 @@ def synthesize(members: list[Member], image: sitk.Image, mask: sitk.Image, step:
     every member under the first ``tta`` flips of :data:`FLIPS`."""
     if not 1 <= tta <= len(FLIPS):
         raise ValueError(f"tta must be 1 to {len(FLIPS)}")
-    source = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), HU_MIN, HU_MAX)
+    source = sitk.GetArrayFromImage(image).astype(np.float32)
     first = np.zeros(source.shape, np.float64)
     second = np.zeros(source.shape, np.float64) if uncertainty else None
     count, anchors = 0, []
@@ -117,7 +119,8 @@ def member_moments(member: Member, image: sitk.Image, model_input: GridInput, so
             # The network's output is its (anchored) input plus a correction: the correction (HU) is
             # brought to the input's own grid and added there to the input under the same anchor map, so
             # detail finer than the model grid is kept.
-            base = source * np.float32(scale) + np.float32(offset)
+            low, high = card.input_normalization.clip or (HU_MIN, HU_MAX)
+            base = np.clip(source * np.float32(scale) + np.float32(offset), low, high)  # what the network saw
             correction = on_input_grid((y - x) * std, 0.0)
             square = None if y_square is None else on_input_grid((y_square - 2 * x * y + x * x) * std * std, 0.0)
             yield base + correction, None if square is None else base * base + 2 * base * correction + square

@@ -12,6 +12,10 @@ import SimpleITK as sitk
 
 from sctconv.errors import SctconvError
 
+CROP_MARGIN_MM = 30.0
+"""Air kept around the body's bounding box: training crops its cases to it (so patches see the skin with
+air around it), and a CBCT's anchors are measured within it at inference as in training."""
+
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """``array`` (z, y, x) as an image on exactly ``reference``'s grid."""
@@ -41,6 +45,20 @@ def model_grid_size(image: sitk.Image, spacing_zyx: tuple[float, float, float]) 
         size[axis], spacing[axis] = n, step
     grid = np.maximum(1, np.round((size - 1) * spacing / np.array(spacing_zyx[::-1], dtype=float)).astype(int) + 1)
     return [int(n) for n in grid]
+
+
+def body_box(mask: np.ndarray, spacing_zyx: tuple[float, float, float] | np.ndarray,
+             margin_mm: float) -> tuple[slice, slice, slice]:
+    """The bounding box of ``mask`` widened by ``margin_mm`` (whole voxels per axis, within the volume);
+    the whole volume where the mask is empty."""
+    if not mask.any():
+        return slice(None), slice(None), slice(None)
+    box = []
+    for axis, size in enumerate(mask.shape):
+        inside = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        margin = int(round(margin_mm / float(spacing_zyx[axis])))
+        box.append(slice(max(0, inside[0] - margin), min(size, inside[-1] + 1 + margin)))
+    return box[0], box[1], box[2]
 
 
 def to_input_grid(image: sitk.Image, reference: sitk.Image, default: float) -> sitk.Image:

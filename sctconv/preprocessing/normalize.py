@@ -107,12 +107,14 @@ class Normalization:
         return self.mean, self.std
 
 
-def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
+def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization,
+              anchor: tuple[float, float] | None = None) -> np.ndarray:
     """Normalize a volume as the model card says (float32 out, finite or an error).
 
     ``zscore-case`` uses the mean and std (float64) of the voxels inside ``mask``, after
-    :func:`tame_outliers`; ``zscore-dataset`` clips to the card's range and uses the card's dataset
-    statistics.
+    :func:`tame_outliers`; ``zscore-dataset`` first applies the card's anchors (``anchor``, the
+    (scale, offset) of :func:`anchor_map`, when measured elsewhere), then clips to the card's range and
+    uses the card's dataset statistics.
     """
     array = array.astype(np.float32, copy=False)
     if norm.scheme == "zscore-case":
@@ -126,7 +128,7 @@ def normalize(array: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.nd
         return require_finite((array - mean) / std, "the normalized input")
     low, high = norm.clip if norm.clip else (-np.inf, np.inf)
     mean, std = norm.dataset_stats
-    scale, offset = anchor_map(array, mask, norm)
+    scale, offset = anchor_map(array, mask, norm) if anchor is None else anchor
     if (scale, offset) != (1.0, 0.0):
         array = array * np.float32(scale) + np.float32(offset)
     return require_finite((np.clip(array, low, high) - mean) / std, "the normalized input")
@@ -161,16 +163,16 @@ def histogram_peak(values: np.ndarray) -> float:
 def air_peak(array: np.ndarray, mask: np.ndarray) -> float | None:
     """Where the histogram of the air around the body peaks (:data:`AIR_RANGE_HU`, smoothed by
     :data:`AIR_SMOOTHING_HU`): voxels outside ``mask`` whose value differs from each neighbour's, so a
-    constant fill (outside a field of view, below a clip) does not count, its edge included; None with fewer than
+    constant fill (outside a field of view, below a clip) does not count, its edge included (air read
+    below the input's clip counts only through its unclipped part, which under-corrects the scale); None with fewer than
     :data:`AIR_MIN_VOXELS` of them."""
     varying = np.ones(array.shape, dtype=bool)
     for axis in range(array.ndim):
-        step = np.diff(array, axis=axis) != 0
-        lower = [slice(None)] * array.ndim
-        upper = [slice(None)] * array.ndim
-        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
-        varying[tuple(lower)] &= step
-        varying[tuple(upper)] &= step
+        lower = tuple(slice(None, -1) if a == axis else slice(None) for a in range(array.ndim))
+        upper = tuple(slice(1, None) if a == axis else slice(None) for a in range(array.ndim))
+        step = array[lower] != array[upper]
+        varying[lower] &= step
+        varying[upper] &= step
     counts, peak = _smoothed_histogram_peak(array[varying & (mask == 0)], AIR_RANGE_HU, AIR_SMOOTHING_HU)
     return peak if counts >= AIR_MIN_VOXELS else None
 

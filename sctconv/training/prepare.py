@@ -26,7 +26,7 @@ from sctconv.errors import SctconvError
 from sctconv.hu import HU_MAX, HU_MIN
 from sctconv.io.images import read_label_map, read_mask, read_volume
 from sctconv.preprocessing.body_mask import body_mask
-from sctconv.preprocessing.grid import check_voxels, to_model_grid
+from sctconv.preprocessing.grid import CROP_MARGIN_MM, body_box, check_voxels, to_model_grid
 from sctconv.training.data import (
     DATASET_FILE,
     PREPARED_VERSION,
@@ -42,10 +42,6 @@ from sctconv.training.data import (
 )
 
 log = logging.getLogger(__name__)
-
-CROP_MARGIN_MM = 30.0
-"""Air kept around the body's bounding box, so that training patches see the skin with air around it."""
-
 
 def load_case_hu(case: Case, modality: str) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
     """Input, CT (clipped HU) and mask on the input's grid."""
@@ -84,17 +80,6 @@ def fingerprint_cases(cases: list[Case], modality: str) -> dict:
     return fingerprint([measure(case, modality, *load_case_hu(case, modality)) for case in cases])
 
 
-def body_box(mask: np.ndarray, margin: tuple[int, int, int], name: str) -> tuple[slice, slice, slice]:
-    """The bounding box of the body mask widened by ``margin`` voxels per axis (within the volume)."""
-    if not mask.any():
-        raise SctconvError(f"case {name}: the body mask is empty on the model grid")
-    box = []
-    for axis in range(3):
-        inside = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, inside[0] - margin[axis]), min(mask.shape[axis], inside[-1] + 1 + margin[axis])))
-    return box[0], box[1], box[2]
-
-
 def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float], folder: Path) -> PreparedCase:
     """Read ``case`` once into ``folder`` (or find it there already)."""
     files = [p for p in (case.input, case.ct, case.mask, case.labels) if p is not None]
@@ -109,8 +94,9 @@ def prepare_case(case: Case, modality: str, spacing: tuple[float, float, float],
     image, ct, mask = load_case_hu(case, modality)
     measurement = measure(case, modality, image, ct, mask)
     m = sitk.GetArrayFromImage(to_model_grid(mask, spacing, sitk.sitkNearestNeighbor)).astype(np.uint8)
-    margin_z, margin_y, margin_x = (int(round(CROP_MARGIN_MM / s)) for s in spacing)
-    box = body_box(m, (margin_z, margin_y, margin_x), case.name)
+    if not m.any():
+        raise SctconvError(f"case {case.name}: the body mask is empty on the model grid")
+    box = body_box(m, spacing, CROP_MARGIN_MM)
     ct_grid = sitk.GetArrayFromImage(to_model_grid(ct, spacing, default=HU_MIN))[box]
     x = None
     if modality != "ct":
