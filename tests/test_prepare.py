@@ -78,6 +78,15 @@ def test_the_body_box_keeps_a_margin_within_the_volume():
     assert body_box(np.zeros((2, 2, 2), bool), (1.0, 1.0, 1.0), 6.0) == (slice(None),) * 3
 
 
+def test_a_case_whose_body_mask_is_empty_is_refused(cbct_cases, tmp_path):
+    root = tmp_path / "cases"
+    shutil.copytree(cbct_cases / "case0", root / "case0")
+    mask = sitk.ReadImage(str(root / "case0" / "mask.mha")) * 0
+    sitk.WriteImage(mask, str(root / "case0" / "mask.mha"))
+    with pytest.raises(SctconvError, match="is empty on the input's grid"):
+        prepare.prepare_dataset(discover_cases(root, "cbct"), "cbct", SPACING, tmp_path / "prep", QUIET)
+
+
 def test_only_sctconv_datasets_count_as_prepared(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}}))
     assert not is_prepared(tmp_path)  # an nnU-Net raw dataset is raw data
