@@ -372,6 +372,9 @@ def train_command(
                                                     "voxel count 5 times.")] = 0.0,
     bone_fraction: Annotated[float, typer.Option(help="Share of the patches centred on a bone voxel of the CT "
                                                       "(taken from the 2/3 centred in the body).")] = 0.0,
+    region_power: Annotated[float, typer.Option(help="A region's share of the drawn patches grows as its case "
+                                                     "count ** POWER: 0 every region equally often, 1 every case "
+                                                     "equally often, 0.5 by the square root.")] = 0.0,
     name: Annotated[str | None, typer.Option(help="Model name (default: the output folder's name).")] = None,
     preset: Annotated[str | None, typer.Option(help="small (the default), cpu (11 M, 2 mm; the shipped models) or "
                                                        "paper (~122 M parameters).")] = None,
@@ -409,8 +412,8 @@ def train_command(
         raise SctconvError(f"--stage must be l1 or afp, not {stage!r} (teachers: sctconv train-teacher)")
     _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
                   stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
-                  bone_weight=bone_weight, bone_fraction=bone_fraction, val_data=val_data, fold=fold, folds=folds,
-                  epochs=epochs, iterations=iterations, batch_size=batch_size,
+                  bone_weight=bone_weight, bone_fraction=bone_fraction, region_power=region_power, val_data=val_data,
+                  fold=fold, folds=folds,                  epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
                   seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16,
                   description=description)

@@ -310,6 +310,17 @@ def test_every_region_is_drawn_equally_often_however_many_cases_it_has(tmp_path)
     assert region_weights(cases[:6]) == pytest.approx([1 / 6] * 6)  # one region: uniform, as before
 
 
+def test_region_power_moves_the_draws_from_equal_regions_to_equal_cases(tmp_path):
+    """Power 1 draws each case equally often; 0.5 gives the region with 4 times the cases twice the share."""
+    regions = ["head-neck"] * 4 + ["thorax"]
+    cases = [PreparedCase(f"c{i}", r, tmp_path / f"c{i}.npz", False) for i, r in enumerate(regions)]
+    assert region_weights(cases, 1.0) == pytest.approx([1 / 5] * 5)
+    weights = region_weights(cases, 0.5)
+    assert weights[:4].sum() == pytest.approx(2 / 3) and weights[4] == pytest.approx(1 / 3)
+    with pytest.raises(SctconvError, match="region-power"):
+        TrainConfig(data=tmp_path, out=tmp_path / "m", modality="mr", name="m", regions=["thorax"], region_power=2.0)
+
+
 def test_simulated_inputs_from_ct_only_cases(phantom_cases, tmp_path):
     """--simulate-input trains MR from CT-only folders, validated on fixed simulated pairs; bf16 on CPU."""
     cts = tmp_path / "cts"

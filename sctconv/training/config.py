@@ -32,6 +32,7 @@ class TrainConfig:
     afp_l1_weight: float = 0.5  # lambda of the L1 term (public code 0.5; the paper reports 5.0)
     bone_weight: float = 0.0  # l1: extra L1 weight on voxels the CT puts above hu.BONE_HU
     bone_fraction: float = 0.0  # synthesis: share of patches centred on a bone voxel (out of foreground_fraction)
+    region_power: float = 0.0  # a region's share of the draws grows as its case count ** this (0: equal shares)
     val_data: Path | None = None
     val_fraction: float = 0.2
     fold: int | None = None  # validate on fold K of ``folds`` instead of ``val_fraction``
@@ -67,6 +68,9 @@ class TrainConfig:
             raise SctconvError("--fold splits --data; it cannot be combined with --val-data")
         if self.init and self.init.resolve() == self.out.resolve():
             raise SctconvError("--output must be a new folder, not the --init model's")
+        if not 0 <= self.region_power <= 1:
+            raise SctconvError("--region-power must lie between 0 (every region equally often) and 1 (every case "
+                               "equally often)")
         if min(self.epochs, self.iterations, self.val_every) < 1:
             raise SctconvError("--epochs, --iterations and --val-every must be at least 1")
 

@@ -341,14 +341,16 @@ def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.rand
     bone_level = bone_value(card.target_normalization)
     bone_voxels = {a.name: np.flatnonzero(a.y > bone_level) for a in train_arrays} if config.bone_fraction else {}
     return Batches(train_arrays, cases.train, sources, card, config, rng, bone_voxels,
-                   region_weights(cases.train)), val_arrays
+                   region_weights(cases.train, config.region_power)), val_arrays
 
 
-def region_weights(cases: list[PreparedCase]) -> np.ndarray:
-    """How often each case is drawn: every region (head-neck, thorax, abdomen; unknown counts as one more)
-    equally often, its cases uniformly, so a region with few CTs is not drowned by one with many."""
+def region_weights(cases: list[PreparedCase], power: float = 0.0) -> np.ndarray:
+    """How often each case is drawn: a region (head-neck, thorax, abdomen; unknown counts as one more) in
+    proportion to its case count ** ``power``, its cases uniformly. 0 draws every region equally often, so
+    a region with few CTs is not drowned by one with many; 1 draws every case equally often; 0.5 gives a
+    region with 4 times the cases twice the share."""
     count = Counter(c.region for c in cases)
-    weights = np.array([1.0 / count[c.region] for c in cases])
+    weights = np.array([float(count[c.region]) ** (power - 1.0) for c in cases])
     return weights / weights.sum()
 
 
