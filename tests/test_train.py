@@ -266,6 +266,34 @@ def test_l1_continues_from_a_model_folder(phantom_cases, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_step_with_a_non_finite_gradient_is_skipped_and_too_many_stop_training(phantom_cases, tmp_path,
+                                                                                 monkeypatch):
+    """bf16 on some CPUs (an AMD EPYC at one thread) rarely gives a NaN gradient: that step changes nothing and
+    is counted; when more than a tenth of an epoch's steps have one, training stops with a clear error."""
+    clip = torch.nn.utils.clip_grad_norm_
+    calls = iter(range(1000))
+
+    def clip_with_nan(parameters, max_norm):  # the second step's gradients are not finite
+        parameters = list(parameters)
+        if next(calls) == 1:
+            parameters[0].grad.fill_(float("nan"))
+        return clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_with_nan)
+    out = tmp_path / "model"
+    result = cli("train", "--data", str(phantom_cases), "--output", str(out), "--task", "mr", "--no-onnx",
+                 "--epochs", "1", "--iterations", "10", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["skipped_steps"] == 1 and np.isfinite(history[0]["train_loss"])
+    assert all(torch.isfinite(t).all() for t in load_file(str(out / "model.safetensors")).values())
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda parameters, max_norm: torch.tensor(float("nan")))
+    failed = cli("train", "--data", str(phantom_cases), "--output", str(tmp_path / "nan"), "--task", "mr",
+                 "--epochs", "1", "--iterations", "10", "--device", "cpu")
+    assert failed.exit_code == 1 and "error: training diverged: gradients not finite in 10 of 10" in failed.stderr
+
+
 @pytest.mark.slow
 def test_new_contrasts_are_simulated_in_the_background_and_swapped_in_at_fixed_steps(tmp_path):
     """--simulate-input: the next case's MR is made beside the network's steps, swapped in one

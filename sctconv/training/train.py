@@ -121,7 +121,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
     # The loop.
     for epoch in range(start_epoch, config.epochs):
         network.train()
-        started, losses = time.perf_counter(), []
+        started, losses, skipped = time.perf_counter(), [], 0
         if precision.amp:
             torch.cuda.reset_peak_memory_stats(device)
         with Progress(TextColumn(f"epoch {epoch + 1}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -142,13 +142,19 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-                scaler.step(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+                if precision.amp or torch.isfinite(norm):  # on CUDA the scaler skips an fp16 overflow itself
+                    scaler.step(optimizer)
+                else:  # a rare non-finite bf16 gradient on some CPUs (see skipped_steps): no update from it
+                    skipped += 1
                 scaler.update()
                 losses.append(loss.item())
                 progress.update(bar, advance=1, loss=float(np.mean(losses[-20:])))
                 batches.after_step(it)
-        record = epoch_record(epoch, losses, lr, started, precision, ranks, batches)
+        if skipped > config.iterations // 10:
+            raise SctconvError(f"training diverged: gradients not finite in {skipped} of {config.iterations} steps "
+                               f"of epoch {epoch + 1}; lower --lr, check the data, or train without --bf16")
+        record = epoch_record(epoch, losses, lr, started, precision, ranks, batches, skipped)
         rng_states = ranks.gather(rng.bit_generator.state)
         if ranks.main:
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
@@ -368,11 +374,12 @@ def resume(state: dict | None, network: UNet, optimizer: torch.optim.Optimizer, 
 
 
 def epoch_record(epoch: int, losses: list[float], lr: float, started: float, precision: Precision,
-                 ranks: Ranks, batches: Batches) -> dict:
+                 ranks: Ranks, batches: Batches, skipped: int) -> dict:
     """The history's entry of an epoch: mean training loss over the ranks, learning rate, seconds (and of
-    them the seconds the loop waited for data), GPU memory."""
+    them the seconds the loop waited for data), steps skipped for a non-finite gradient, GPU memory."""
     record = {"epoch": epoch + 1, "train_loss": ranks.mean(float(np.mean(losses))), "lr": lr,
-              "seconds": round(time.perf_counter() - started, 2), "data_seconds": round(batches.data_seconds, 2)}
+              "seconds": round(time.perf_counter() - started, 2), "data_seconds": round(batches.data_seconds, 2),
+              "skipped_steps": skipped}
     batches.data_seconds = 0.0
     if precision.amp:  # peak GPU memory of this process: tensors, and what PyTorch's allocator held
         record.update(gpu_allocated_gib=round(torch.cuda.max_memory_allocated(ranks.device) / 2 ** 30, 2),
