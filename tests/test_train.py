@@ -29,12 +29,13 @@ from sctconv.training.data import (
     PreparedArrays,
     PreparedCase,
     discover_cases,
+    region_weights,
     sample_patch,
     select_regions,
     simulated_case_arrays,
 )
 from sctconv.training.stages import bone_weighted_l1
-from sctconv.training.train import Batches, TrainConfig, patch_centres, poly_lr, region_weights, split_cases
+from sctconv.training.train import Batches, TrainConfig, patch_centres, poly_lr, split_cases
 from tests.helpers import cli, sctconv, shared_data, simulated_cases
 
 FAST = ["--epochs", "2", "--iterations", "3", "--device", "cpu"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -339,3 +340,13 @@ def sample_patch(case: CaseArrays, patch: tuple[int, int, int], rng: np.random.G
         y = np.pad(y, pad, constant_values=float(case.y.min()))
         m = np.pad(m, pad)
     return x, y, m
+
+
+def region_weights(cases: list[PreparedCase], power: float = 0.0) -> np.ndarray:
+    """How often each case is drawn: a region (head-neck, thorax, abdomen; unknown counts as one more) in
+    proportion to its case count ** ``power``, its cases uniformly. 0 draws every region equally often, so
+    a region with few CTs is not drowned by one with many; 1 draws every case equally often; 0.5 gives a
+    region with 4 times the cases twice the share."""
+    count = Counter(c.region for c in cases)
+    weights = np.array([float(count[c.region]) ** (power - 1.0) for c in cases])
+    return weights / weights.sum()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +62,7 @@ from sctconv.training.data import (
     discover_cases,
     is_prepared,
     open_prepared,
+    region_weights,
     sample_patch,
     select_regions,
     simulated_case_arrays,
@@ -139,15 +139,7 @@ def run_stage(stage: Stage, ranks: Ranks, console: Console) -> Path:
                 if not torch.isfinite(loss):
                     raise SctconvError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {it + 1}; "
                                        "lower --lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-                if precision.amp or torch.isfinite(norm):  # on CUDA the scaler skips an fp16 overflow itself
-                    scaler.step(optimizer)
-                else:  # a rare non-finite bf16 gradient on some CPUs (see skipped_steps): no update from it
-                    skipped += 1
-                scaler.update()
+                skipped += not optimizer_step(loss, network, optimizer, scaler, precision, config.grad_clip)
                 losses.append(loss.item())
                 progress.update(bar, advance=1, loss=float(np.mean(losses[-20:])))
                 batches.after_step(it)
@@ -350,16 +342,6 @@ def load_arrays(config: TrainConfig, card: ModelCard, cases: Cases, rng: np.rand
                    region_weights(cases.train, config.region_power)), val_arrays
 
 
-def region_weights(cases: list[PreparedCase], power: float = 0.0) -> np.ndarray:
-    """How often each case is drawn: a region (head-neck, thorax, abdomen; unknown counts as one more) in
-    proportion to its case count ** ``power``, its cases uniformly. 0 draws every region equally often, so
-    a region with few CTs is not drowned by one with many; 1 draws every case equally often; 0.5 gives a
-    region with 4 times the cases twice the share."""
-    count = Counter(c.region for c in cases)
-    weights = np.array([float(count[c.region]) ** (power - 1.0) for c in cases])
-    return weights / weights.sum()
-
-
 def resume(state: dict | None, network: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
            rng: np.random.Generator, ranks: Ranks) -> tuple[int, list[dict]]:
     """The first epoch to run and the history so far; the states of a checkpoint restored when there is one."""
@@ -371,6 +353,21 @@ def resume(state: dict | None, network: UNet, optimizer: torch.optim.Optimizer, 
     rng.bit_generator.state = rank_rng_state(json.loads(state["numpy_rng"]), ranks)
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"] + 1, json.loads(state["history"])
+
+
+def optimizer_step(loss: torch.Tensor, network: UNet, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, precision: Precision, grad_clip: float) -> bool:
+    """Backward, gradient clipping and the update; False, with no update, when the gradients are not finite
+    (bf16 on some CPUs gives a rare NaN gradient; on CUDA the scaler skips an fp16 overflow itself)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+    stepped = precision.amp or bool(torch.isfinite(norm))
+    if stepped:
+        scaler.step(optimizer)
+    scaler.update()
+    return stepped
 
 
 def epoch_record(epoch: int, losses: list[float], lr: float, started: float, precision: Precision,
