@@ -194,7 +194,7 @@ class UNet(nn.Module):
             skips.append(x)
         # The bottleneck (a few voxels wide, little of the compute) runs in fp32 under autocast: in bf16 on an
         # AMD EPYC its weight gradients came out NaN in about one step of 20 (benchmarks/RESULTS.md).
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):  # any device, meta too
             x = bottleneck(x.float())
         skips.append(x)
         if collect is not None:
