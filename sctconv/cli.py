@@ -413,7 +413,7 @@ def train_command(
     _run_training(data=data, out=output, modality=modality, name=name or output.name, region=region,
                   stage=stage, preset=preset, plan=plan, init=init, teacher=teacher, afp_l1_weight=afp_l1_weight,
                   bone_weight=bone_weight, bone_fraction=bone_fraction, region_power=region_power, val_data=val_data,
-                  fold=fold, folds=folds,                  epochs=epochs, iterations=iterations, batch_size=batch_size,
+                  fold=fold, folds=folds, epochs=epochs, iterations=iterations, batch_size=batch_size,
                   initial_lr=lr if lr is not None else (1e-3 if stage == "afp" else 1e-2), val_every=val_every,
                   seed=seed, device=device, cache=cache, onnx=onnx, simulate_input=simulate_input, bf16=bf16,
                   description=description)
